@@ -1,0 +1,463 @@
+"""Load and validate hardware profiles (one TOML file per target).
+
+Why: the profiler multiplies operation counts from simulation by per-event energies, which are
+only as credible as their provenance. So every number carries its unit, source (paper, table)
+and kind, and a report can say which totals rest on datasheet figures and which on estimates.
+No hardware constant lives in Python; ``SCHEMA`` below is the one table of allowed keys, their
+dimensions and meanings, driving both validation and the reference appended to this docstring.
+
+Every entry of ``[energy]``, ``[timing]``, ``[host_ops]`` and ``[capacity]`` is an inline table
+``key = { value = 23.6, unit = "pJ", source = "...", kind = "datasheet", note = "..." }``:
+``value`` finite and >= 0; ``unit`` from ``UNITS``, of the key's dimension; ``source`` a citation;
+``kind`` one of ``datasheet`` (stated by a paper table, vendor brief or SDK source), ``measured``
+(read on hardware, e.g. power rails), ``estimate`` (derived or assumed) or ``proxy`` (another
+device's figure, e.g. Loihi 1 for Loihi 2); ``estimate`` and ``proxy`` need a ``note`` with the
+derivation. ``value = 0`` is only a stated choice ("included in the all-in synaptic_op"); an
+absent figure is never zero: the accessors raise ProfileError.
+
+``[meta] role`` says what a profile prices: ``chip`` (a neuromorphic chip), ``host`` (host-side
+float ops) or ``ann`` (dense ANN MACs, a baseline). ``[meta]`` and ``[capability]`` hold plain
+values; ``[capability]`` drives the partitioner, ``[capacity]`` the resource mapper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, NamedTuple
+
+import tomli
+
+from spikegpt_deploy.errors import ProfileError
+
+#: unit -> (dimension, factor to the dimension's base unit: J, W, s, bit, count, Hz)
+UNITS: Mapping[str, tuple[str, float]] = types.MappingProxyType({
+    "fJ": ("energy", 1e-15), "pJ": ("energy", 1e-12), "nJ": ("energy", 1e-9),
+    "uJ": ("energy", 1e-6), "mJ": ("energy", 1e-3), "J": ("energy", 1.0),
+    "uW": ("power", 1e-6), "mW": ("power", 1e-3), "W": ("power", 1.0),
+    "ps": ("time", 1e-12), "ns": ("time", 1e-9), "us": ("time", 1e-6),
+    "ms": ("time", 1e-3), "s": ("time", 1.0),
+    "bit": ("size", 1.0), "B": ("size", 8.0), "KiB": ("size", 8.0 * 1024),
+    "MiB": ("size", 8.0 * 1024 ** 2),
+    "count": ("count", 1.0), "Hz": ("rate", 1.0),
+})
+KINDS = ("datasheet", "measured", "estimate", "proxy")
+ROLES = ("chip", "host", "ann")
+INPUT_CLASSES = ("binary", "integer", "graded", "float")
+FIRE_COMPARISONS = (">", ">=")
+QUANTITY_SECTIONS = ("energy", "timing", "host_ops", "capacity")
+_QUANTITY_FIELDS = ("value", "unit", "source", "kind", "note")
+
+
+class _Field(NamedTuple):
+    """One allowed key: its type (a UNITS dimension, or a plain-value type) and meaning."""
+
+    dim: str
+    doc: str
+    required_for: tuple[str, ...] = ()
+
+
+def _q(dim: str, doc: str, *required_for: str) -> _Field:
+    return _Field(dim, doc, required_for)
+
+
+_E, _P, _T, _S, _C = "energy", "power", "time", "size", "count"
+_HOST_OPS = {k: _q(_E, d, *(("host", "ann") if k in ("add", "mac") else ())) for k, d in {
+    "add": "FP32 add (the E_AC of the firing-rate formula)", "mul": "FP32 multiply",
+    "mac": "FP32 multiply-accumulate (the E_MAC of the formula)", "div": "FP32 division",
+    "exp": "FP32 exponential", "sqrt": "FP32 square root", "rsqrt": "FP32 1/sqrt",
+    "sigmoid": "FP32 logistic sigmoid", "max": "FP32 max of two", "compare": "FP32 compare",
+    "memory_byte": "one byte to or from memory (the default memory cost)",
+    "int8_add": "INT8 add", "int8_mul": "INT8 multiply", "int32_add": "INT32 add",
+    "int32_mul": "INT32 multiply", "fp16_add": "FP16 add", "fp16_mul": "FP16 multiply",
+    "sram_read_64bit_8kb": "64-bit read, 8 KB SRAM", "sram_read_64bit_32kb": "64-bit read, "
+    "32 KB SRAM", "sram_read_64bit_1mb": "64-bit read, 1 MB SRAM",
+    "dram_read_64bit": "64-bit DRAM access"}.items()}
+
+_SCHEMA: dict[str, dict[str, _Field]] = {
+    "meta": {
+        "name": _Field("str", "profile name (for built-ins, the file stem)", ROLES),
+        "title": _Field("str", "human-readable name", ROLES),
+        "role": _Field("role", "chip | host | ann: what the profile can price", ROLES),
+        "description": _Field("str", "one paragraph on the target and the provenance", ROLES),
+        "default_host": _Field("str", "the profile pricing host float ops by default", ("chip",)),
+    },
+    "energy": {
+        "synaptic_op": _q(_E, "one spike delivered to one target (weight read, add)", "chip"),
+        "synaptic_update": _q(_E, "one plastic synapse update (learning only)"),
+        "neuron_update_active": _q(_E, "one neuron update in a step with input or a spike"),
+        "neuron_update_idle": _q(_E, "one neuron update in a step without input"),
+        "spike_local": _q(_E, "one spike message delivered within a core or tile"),
+        "spike_hop": _q(_E, "one spike message, per mesh hop between tiles"),
+        "graded_payload_bit": _q(_E, "extra energy per payload bit of a graded spike"),
+        "static_power": _q(_P, "static (leakage) power of one chip"),
+        "typical_power": _q(_P, "total chip power at a published operating point (context)"),
+        "chip_io_byte": _q(_E, "moving one byte between chip and host"),
+    },
+    "timing": {
+        "timestep": _q(_T, "one timestep of a small network (for the static share)", "chip"),
+        "synaptic_op": _q(_T, "one synaptic event"),
+        "neuron_update": _q(_T, "one active neuron update"),
+        "neuron_update_idle": _q(_T, "one idle neuron update"),
+        "spike_local": _q(_T, "spike latency within a core or tile"),
+        "spike_hop": _q(_T, "spike latency per mesh hop"),
+        "barrier_sync": _q(_T, "mesh-wide barrier synchronisation ending a timestep"),
+    },
+    "host_ops": _HOST_OPS,
+    "capacity": {
+        "cores_per_chip": _q(_C, "neuromorphic cores per chip", "chip"),
+        "embedded_cores": _q(_C, "general-purpose cores on the chip (e.g. x86 Lakemont)"),
+        "neurons_per_core": _q(_C, "neurons (compartments) per core"),
+        "synapses_per_chip": _q(_C, "synapses per chip"),
+        "synaptic_memory_per_core": _q(_S, "synaptic memory per core"),
+        "fan_in_per_core": _q(_C, "input axons per core"),
+        "fan_out_per_core": _q(_C, "output axons per core"),
+        "weight_bits_min": _q(_S, "smallest weight precision"),
+        "weight_bits_max": _q(_S, "largest weight precision"),
+        "neuron_state_bits": _q(_S, "bits of a neuron state variable (u, v)"),
+        "graded_spike_bits_max": _q(_S, "largest graded-spike payload (if graded_spikes)"),
+    },
+    "capability": {
+        "chip_ops": _Field("str_list", "IR op types that may be placed on the chip", ("chip",)),
+        "linear_input_classes": _Field("class_list", "input value classes of a chip Linear: "
+                                       + "|".join(INPUT_CLASSES), ("chip",)),
+        "graded_spikes": _Field("bool", "whether spikes can carry an integer payload", ("chip",)),
+        "lif_fire_comparison": _Field("comparison", "LIF fires on v > vth or v >= vth", ("chip",)),
+        "source": _Field("str", "citation for the capability claims", ("chip",)),
+    },
+}
+#: section -> key -> field: the one table behind validation and the reference below.
+SCHEMA: Mapping[str, Mapping[str, _Field]] = types.MappingProxyType(
+    {section: types.MappingProxyType(keys) for section, keys in _SCHEMA.items()})
+#: section -> (roles that require it, roles that may have it)
+SECTION_ROLES: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = types.MappingProxyType({
+    "meta": (ROLES, ROLES), "energy": (("chip",), ("chip",)), "timing": (("chip",), ROLES),
+    "host_ops": (("host", "ann"), ROLES), "capacity": (("chip",), ("chip",)),
+    "capability": (("chip",), ("chip",)),
+})
+
+
+def describe_schema() -> str:
+    """The allowed sections and keys as text (appended to this module's docstring)."""
+    lines = ["", "Schema (generated from SCHEMA)", "------------------------------"]
+    for section, keys in SCHEMA.items():
+        req, allowed = SECTION_ROLES[section]
+        lines.append(f"[{section}]  roles: {', '.join(allowed)}; required for: {', '.join(req)}")
+        for key, spec in keys.items():
+            need = f" (required: {', '.join(spec.required_for)})" if spec.required_for else ""
+            lines.append(f"    {key:<26} {spec.dim:<10} {spec.doc}{need}")
+    return "\n".join(lines)
+
+
+__doc__ = (__doc__ or "") + describe_schema() + "\n"
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A number with its unit, source, kind (datasheet|measured|estimate|proxy) and note."""
+
+    value: float
+    unit: str
+    source: str
+    kind: str
+    note: str = ""
+
+    @property
+    def dimension(self) -> str:
+        """energy, power, time, size, count or rate (from ``UNITS``)."""
+        return UNITS[self.unit][0]
+
+    def to(self, unit: str) -> float:
+        """The value in ``unit``; ProfileError if the unit is unknown or of another dimension."""
+        if unit not in UNITS:
+            raise ProfileError(f"unknown unit {unit!r}; expected one of {', '.join(UNITS)}")
+        (dim, factor), (target_dim, target_factor) = UNITS[self.unit], UNITS[unit]
+        if dim != target_dim:
+            raise ProfileError(f"cannot convert {self.value} {self.unit} ({dim}) to {unit} "
+                               f"({target_dim}); fix: ask for a {dim} unit")
+        return self.value * factor / target_factor
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A validated, immutable hardware profile. ``path`` is not part of equality."""
+
+    name: str
+    title: str
+    role: str
+    description: str
+    default_host: str | None
+    energy: Mapping[str, Quantity]
+    timing: Mapping[str, Quantity]
+    host_ops: Mapping[str, Quantity]
+    capacity: Mapping[str, Quantity]
+    capability: Mapping[str, object]
+    path: Path = field(compare=False)
+    sha256: str
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.sha256))
+
+    def quantity(self, section: str, key: str) -> Quantity:
+        """``[section] key``; ProfileError if absent (nothing unpriced counts as zero).
+
+        A key that the schema does not know is a programming error and raises KeyError.
+        """
+        if section not in QUANTITY_SECTIONS or key not in SCHEMA[section]:
+            raise KeyError(f"[{section}] {key} is not a quantity key of the profile schema; "
+                           f"known: {', '.join(SCHEMA.get(section, {})) or QUANTITY_SECTIONS}")
+        table: Mapping[str, Quantity] = getattr(self, section)
+        if key not in table:
+            raise ProfileError(
+                f"hardware profile {self.name!r} ({self.path}) has no figure [{section}] {key} "
+                f"({SCHEMA[section][key].doc}); fix: add `{key} = {{ value = ..., unit = ..., "
+                f"source = ..., kind = ... }}` to [{section}], or report it as unsupported")
+        return table[key]
+
+    def value(self, section: str, key: str, unit: str) -> float:
+        """``[section] key`` in ``unit``; ProfileError if absent or of another dimension."""
+        figure = self.quantity(section, key)
+        try:
+            return figure.to(unit)
+        except ProfileError as exc:
+            raise ProfileError(f"profile {self.name!r}, [{section}] {key}: {exc}") from None
+
+    def energy_pj(self, key: str) -> float:
+        """A per-event energy of ``[energy]`` in pJ."""
+        return self.value("energy", key, "pJ")
+
+    def power_mw(self, key: str) -> float:
+        """A power of ``[energy]`` (static_power, typical_power) in mW."""
+        return self.value("energy", key, "mW")
+
+    def host_op_pj(self, key: str) -> float:
+        """The energy of one host operation of ``[host_ops]`` in pJ."""
+        return self.value("host_ops", key, "pJ")
+
+    def time_ns(self, key: str) -> float:
+        """A duration of ``[timing]`` in ns."""
+        return self.value("timing", key, "ns")
+
+    def capacity_count(self, key: str) -> int:
+        """A count of ``[capacity]`` (cores, neurons, axons) as an int."""
+        return int(round(self.value("capacity", key, "count")))
+
+    def capacity_bits(self, key: str) -> int:
+        """A size of ``[capacity]`` (memory, weight or payload width) in bits."""
+        return int(round(self.value("capacity", key, "bit")))
+
+    def capability_value(self, key: str) -> object:
+        """A ``[capability]`` entry (lists are tuples); ProfileError if absent."""
+        if key not in self.capability:
+            raise ProfileError(f"hardware profile {self.name!r} ({self.path}) has no "
+                               f"[capability] {key}; fix: add it (see hw_profiles.loader)")
+        return self.capability[key]
+
+    def quantities(self) -> Iterator[tuple[str, str, Quantity]]:
+        """Every stated figure as (section, key, quantity), for reports and audits."""
+        for section in QUANTITY_SECTIONS:
+            for key, q in getattr(self, section).items():
+                yield section, key, q
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (the profiler stores it with the report)."""
+        out: dict[str, Any] = {"name": self.name, "title": self.title, "role": self.role,
+                               "description": self.description,
+                               "default_host": self.default_host,
+                               "path": str(self.path), "sha256": self.sha256}
+        for section in QUANTITY_SECTIONS:
+            out[section] = {k: vars(q).copy() for k, q in getattr(self, section).items()}
+        out["capability"] = {k: list(v) if isinstance(v, tuple) else v
+                             for k, v in self.capability.items()}
+        return out
+
+
+def builtin_profile_dir() -> Path:
+    """The folder of the built-in profiles (shipped as package data next to this module)."""
+    return Path(__file__).resolve().parent
+
+
+def list_profiles() -> list[str]:
+    """The names of the built-in profiles, sorted."""
+    return sorted(p.stem for p in builtin_profile_dir().glob("*.toml"))
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """Load a built-in profile by name, or a user's TOML file by path, and validate it.
+
+    A string without a path separator and without a ``.toml`` suffix is a built-in name.
+    """
+    path = _resolve(name_or_path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read the profile ({exc.strerror}); fix: check "
+                           f"the path, or pass a built-in name ({', '.join(list_profiles())})"
+                           ) from None
+    try:
+        data = tomli.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{path}: expected UTF-8 text, found a non-UTF-8 byte at offset "
+                           f"{exc.start}; fix: save the file as UTF-8") from None
+    except tomli.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: expected valid TOML, found a syntax error: {exc}; fix: "
+                           "correct the file at that line") from None
+    except RecursionError:
+        raise ProfileError(f"{path}: expected flat inline tables, found TOML nested too "
+                           "deeply; fix: write figures as in hw_profiles.loader") from None
+    return _build(data, path, hashlib.sha256(raw).hexdigest())
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    if isinstance(name_or_path, Path):
+        return name_or_path
+    if not isinstance(name_or_path, str):
+        raise ProfileError(f"a profile name or path was expected, found {name_or_path!r}")
+    text = name_or_path
+    if "/" in text or "\\" in text or text.endswith(".toml"):
+        return Path(text).expanduser()
+    known = list_profiles()
+    if text not in known:
+        raise ProfileError(f"unknown built-in hardware profile {text!r}; expected one of "
+                           f"{', '.join(known)}; fix: pick one of those or pass a path to a "
+                           ".toml file")
+    return builtin_profile_dir() / f"{text}.toml"
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fail(path: Path, where: str, expected: str, found: object, fix: str) -> ProfileError:
+    """The standard message: file, section/key, what was expected, what was found, the fix."""
+    return ProfileError(f"{path}: {where}: expected {expected}, found {_show(found)}; fix: {fix}")
+
+
+def _need(ok: bool, path: Path, where: str, expected: str, found: object, fix: str) -> None:
+    if not ok:
+        raise _fail(path, where, expected, found, fix)
+
+
+def _build(data: dict[str, Any], path: Path, sha256: str) -> HardwareProfile:
+    for section, value in data.items():
+        _need(section in SCHEMA, path, f"section [{section}]", f"one of {', '.join(SCHEMA)}",
+              section, "rename or remove the section")
+        _need(isinstance(value, dict), path, f"[{section}]", "a table", value,
+              f"write it as a [{section}] table")
+    meta = _plain_section(data, "meta", path, None)
+    role = str(meta["role"])
+    for section, (required, allowed) in SECTION_ROLES.items():
+        _need(section not in data or role in allowed, path, f"[{section}]",
+              f"no [{section}] in a {role!r} profile", section,
+              f"remove it, or use role = one of {', '.join(allowed)}")
+        _need(section in data or role not in required, path, f"[{section}]",
+              f"a [{section}] section for role {role!r}", "nothing",
+              f"add [{section}] (see hw_profiles.loader)")
+    tables = {s: _quantity_section(data.get(s, {}), s, role, path) for s in QUANTITY_SECTIONS}
+    capability = _plain_section(data, "capability", path, role) if "capability" in data else {}
+    _need(capability.get("graded_spikes") is not True
+          or "graded_spike_bits_max" in tables["capacity"], path,
+          "[capacity] graded_spike_bits_max", "a payload width when [capability] "
+          "graded_spikes = true", "nothing", "add it to [capacity]")
+    frozen = {s: types.MappingProxyType(t) for s, t in tables.items()}
+    default_host = meta.get("default_host")
+    return HardwareProfile(
+        name=str(meta["name"]), title=str(meta["title"]), role=role,
+        description=str(meta["description"]),
+        default_host=None if default_host is None else str(default_host),
+        energy=frozen["energy"], timing=frozen["timing"], host_ops=frozen["host_ops"],
+        capacity=frozen["capacity"], capability=types.MappingProxyType(capability),
+        path=path, sha256=sha256)
+
+
+def _check_keys(table: dict[str, Any], section: str, role: str, path: Path) -> None:
+    spec = SCHEMA[section]
+    for key in table:
+        _need(key in spec, path, f"[{section}] {key}", f"a key of [{section}]: "
+              f"{', '.join(spec)}", key, "rename or remove it (unknown keys are errors)")
+    for key, fld in spec.items():
+        _need(key in table or role not in fld.required_for, path, f"[{section}] {key}",
+              f"{key} ({fld.doc}) for role {role!r}", "nothing", f"add it to [{section}]")
+
+
+def _plain_section(data: dict[str, Any], section: str, path: Path,
+                   role: str | None) -> dict[str, object]:
+    """Validate a section of plain values ([meta], [capability]); lists become tuples."""
+    _need(section in data, path, f"[{section}]", f"a [{section}] section", "nothing",
+          f"add [{section}]")
+    table = data[section]
+    if role is None:  # [meta] decides the role, so check it first
+        role = table.get("role")
+        _need(role in ROLES, path, "[meta] role", f"one of {', '.join(ROLES)}", role,
+              "set role to what the profile prices")
+    _check_keys(table, section, str(role), path)
+    return {key: _plain_value(value, SCHEMA[section][key].dim, f"[{section}] {key}", path)
+            for key, value in table.items()}
+
+
+def _plain_value(value: object, kind: str, where: str, path: Path) -> object:
+    if kind == "bool":
+        _need(isinstance(value, bool), path, where, "true or false", value, "write true/false")
+        return value
+    if kind in ("str", "role", "comparison"):
+        _need(isinstance(value, str) and bool(value.strip()), path, where, "a non-empty string",
+              value, 'write it as "..."')
+        choices = {"role": ROLES, "comparison": FIRE_COMPARISONS}.get(kind)
+        _need(choices is None or value in choices, path, where,
+              f"one of {', '.join(choices or ())}", value, "use an allowed value")
+        return value
+    if not isinstance(value, list) or not value:
+        raise _fail(path, where, "a non-empty list of strings", value, 'write ["a", "b"]')
+    for item in value:
+        _need(isinstance(item, str) and bool(item.strip()), path, where,
+              "a list of non-empty strings", item, "quote each item")
+        _need(kind != "class_list" or item in INPUT_CLASSES, path, where,
+              f"items from {', '.join(INPUT_CLASSES)}", item, "use an allowed value")
+    return tuple(value)
+
+
+def _quantity_section(table: dict[str, Any], section: str, role: str,
+                      path: Path) -> dict[str, Quantity]:
+    _check_keys(table, section, role, path)
+    return {key: _quantity(raw, SCHEMA[section][key].dim, f"[{section}] {key}", path)
+            for key, raw in table.items()}
+
+
+def _quantity(raw: object, dim: str, where: str, path: Path) -> Quantity:
+    if not isinstance(raw, dict):
+        raise _fail(path, where, "an inline table { value, unit, source, kind[, note] }", raw,
+                    "write the figure with its unit, source and kind")
+    for name in raw:
+        _need(name in _QUANTITY_FIELDS, path, f"{where}.{name}", "a field of "
+              f"{', '.join(_QUANTITY_FIELDS)}", name, "rename or remove the field")
+    for name in _QUANTITY_FIELDS[:4]:
+        _need(name in raw, path, f"{where}.{name}", f"a {name} field", "nothing",
+              f"add {name} = ... (every figure needs value, unit, source and kind)")
+    value, unit, source, kind = raw["value"], raw["unit"], raw["source"], raw["kind"]
+    note = raw.get("note", "")
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    _need(is_number, path, f"{where}.value", "a number", value, "write a plain number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    _need(math.isfinite(number) and number >= 0, path, f"{where}.value",
+          "a finite number >= 0", value, "state the figure as a finite non-negative number")
+    allowed = ", ".join(u for u, (d, _) in UNITS.items() if d == dim)
+    _need(isinstance(unit, str) and unit in UNITS, path, f"{where}.unit",
+          f"a {dim} unit: {allowed}", unit, "use a unit of the fixed vocabulary")
+    _need(UNITS[unit][0] == dim, path, f"{where}.unit", f"a {dim} unit ({allowed}), not a "
+          f"{UNITS[unit][0]} unit", unit, f"state the figure as {dim}")
+    _need(isinstance(source, str) and bool(source.strip()), path, f"{where}.source",
+          "a non-empty citation", source, "name the paper and table, or the measurement")
+    _need(kind in KINDS, path, f"{where}.kind", f"one of {', '.join(KINDS)}", kind,
+          "say how the figure was obtained")
+    _need(isinstance(note, str), path, f"{where}.note", "a string", note, "quote the note")
+    _need(kind not in ("estimate", "proxy") or bool(note.strip()), path, f"{where}.note",
+          f"a note with the derivation for kind = {kind!r}", note,
+          "say how the figure was derived or what it stands in for")
+    return Quantity(number, unit, source, str(kind), note)
