@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -120,6 +121,12 @@ def wkv_step(w: Tensor, u: Tensor, k: Tensor, v: Tensor, aa: Tensor, bb: Tensor,
 def token_shift_mix(a: Tensor, prev: Tensor, mix: Tensor) -> Tensor:
     """mix * a_t + (1 - mix) * a_{t-1} (spec 2.3)."""
     return a * mix + prev * (1 - mix)
+
+
+# torch.fx records calls of these functions as single nodes instead of tracing into them: they
+# are the ops the converter reasons about (LIF, WKV, token shift, Heaviside), see converters/.
+torch.fx.wrap("wkv_step")
+torch.fx.wrap("token_shift_mix")
 
 
 def shift_sequence(a: Tensor) -> Tensor:

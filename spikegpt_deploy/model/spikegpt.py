@@ -12,10 +12,15 @@ from dataclasses import dataclass, fields
 from typing import Iterator
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from .config import SpikeGPTConfig
 from .layers import WKV_EXPONENT_INIT, ChannelMix, TimeMix, heaviside, lif_sequence, lif_step
+
+# Leaf functions for torch.fx capture of ``step`` (see converters/capture.py).
+torch.fx.wrap("heaviside")
+torch.fx.wrap("lif_step")
 
 
 @dataclass
@@ -45,7 +50,7 @@ class SpikeGPTState:
 
     @classmethod
     def from_tensor(cls, packed: Tensor) -> "SpikeGPTState":
-        return cls(*packed.unbind(0))
+        return cls(*(packed[j] for j in range(len(cls.names()))))
 
     def clone(self) -> "SpikeGPTState":
         return SpikeGPTState(*(getattr(self, n).clone() for n in self.names()))
@@ -121,7 +126,8 @@ class SpikeGPT(nn.Module):
         x = self.emb(idx)
         if self.config.binary_embedding:
             x = heaviside(x)
-            self._record("emb", x if x.dim() == 3 else x.unsqueeze(1))
+            if self._recorder is not None:
+                self._record("emb", x if idx.dim() == 2 else x.unsqueeze(1))
         return x
 
     def _output_scale(self, layer: int) -> float:
@@ -172,7 +178,9 @@ class SpikeGPT(nn.Module):
     def step(self, tokens: Tensor, state: SpikeGPTState) -> tuple[Tensor, SpikeGPTState]:
         """tokens (B,) int64 -> logits (B, V) and the next state (the input state is not mutated)."""
         x = self._embed(tokens)                                       # (B, C)
-        new = {n: list(getattr(state, n).unbind(0)) for n in SpikeGPTState.names()}
+        # Index rather than unbind so that torch.fx can trace this method (converters/capture).
+        L = self.config.n_layer
+        new = {n: [getattr(state, n)[i] for i in range(L)] for n in SpikeGPTState.names()}
         for i, block in enumerate(self.blocks):
             if i == 0:
                 x = block.ln0(x)
@@ -201,8 +209,15 @@ class SpikeGPT(nn.Module):
         if not self.config.spiking:
             return x, v
         s, v = lif_step(x, v)
-        self._record(name, s.unsqueeze(1))
+        if self._recorder is not None:
+            self._record(name, s.unsqueeze(1))
         return s, v
+
+    def step_packed(self, tokens: Tensor, packed_state: Tensor) -> tuple[Tensor, Tensor]:
+        """``step`` on the packed (7, n_layer, B, C) state: the form ONNX export and fx capture use."""
+        state = SpikeGPTState(*(packed_state[j] for j in range(len(SpikeGPTState.names()))))
+        logits, new_state = self.step(tokens, state)
+        return logits, new_state.to_tensor()
 
     def population_names(self) -> list[str]:
         """Names of the binary populations this model records, in network order."""

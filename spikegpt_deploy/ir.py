@@ -1,0 +1,192 @@
+"""The per-token intermediate representation (IR): a networkx multigraph of ops.
+
+One IR describes one RNN step of SpikeGPT: token id and state in, logits and state out. Shapes are
+per sample (the batch axis is implicit and leading at run time).
+
+Node attributes:
+    op       op type (see OPS), named after the source (LIF, Linear, WKV, LayerNorm, ...)
+    module   the source module path in the PyTorch model, e.g. ``blocks.0.att.key``
+    params   dict name -> numpy array (weights; never mutated in place: passes copy)
+    attrs    dict of plain values (eps, factor, state name, ...)
+    n_out    number of outputs
+    placement / reason   set by the partitioner ('loihi2' | 'host', and why)
+Edge attributes (u -> v, one edge per consumed value):
+    src_port, dst_port   which output of u feeds which input of v
+    shape, dtype         per-sample shape and dtype of the value
+    value_class          'index' | 'binary' | 'integer' | 'float' (see ``infer_value_classes``)
+
+State that crosses tokens is explicit: a ``StateIn`` node per state slot (attrs ``state``, the slot
+name such as ``lif1_v.0``) and a ``StateOut`` node that consumes the slot's next value.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import networkx as nx
+import numpy as np
+
+from .errors import ConversionError
+
+# op -> (number of inputs or None for variadic, number of outputs, one-line semantics)
+OPS: dict[str, tuple[int | None, int, str]] = {
+    "Input": (0, 1, "token id of this step (int64 scalar per sample)"),
+    "Output": (1, 0, "a graph output (attrs: name)"),
+    "StateIn": (0, 1, "a state slot's value from the previous token (attrs: state, init)"),
+    "StateOut": (1, 0, "a state slot's value for the next token (attrs: state)"),
+    "Embedding": (1, 1, "y = weight[token]"),
+    "Heaviside": (1, 1, "y = 1 if x >= 0 else 0 (binary)"),
+    "LayerNorm": (1, 1, "y = weight * (x - mean) / sqrt(var + eps) + bias"),
+    "TokenShiftMix": (2, 1, "y = mix * a + (1 - mix) * prev"),
+    "Linear": (1, 1, "y = weight @ x (weight [out, in], no bias)"),
+    "Sigmoid": (1, 1, "y = 1 / (1 + exp(-x))"),
+    "ReLU": (1, 1, "y = max(x, 0)"),
+    "Square": (1, 1, "y = x * x"),
+    "Mul": (2, 1, "y = a * b (elementwise)"),
+    "Add": (2, 1, "y = a + b (elementwise)"),
+    "Scale": (1, 1, "y = factor * x (attrs: factor, a constant)"),
+    "WKV": (5, 4, "inputs k, v, aa, bb, pp; outputs wkv, aa', bb', pp' (spec 2.10; params w, u)"),
+    "LIF": (2, 2, "inputs x, v; H = v + (x - v)/2, s = [H >= 1], v' = H (1 - s); outputs s, v'"),
+    # Produced by passes (fold_layernorm, quantize):
+    "SpikeSum": (None, 1, "y = sum_j coefficients[j] * x_j: integer spike counts of the stream"),
+    "SpikeLinear": (1, 1, "y = weight @ x on spike / spike-count input (the folded linears)"),
+    "LayerNormStats": (1, 2, "outputs mean(x), sqrt(var(x) + eps)"),
+    "FoldCorrection": (None, 2, "host side of a folded linear (spec 6.3); outputs y, next shift"),
+}
+
+
+@dataclass(frozen=True)
+class Port:
+    """One output of a node: ``node`` id and ``port`` index."""
+
+    node: str
+    port: int = 0
+
+
+class IR:
+    """A per-token SpikeGPT graph with its model config; see the module docstring."""
+
+    def __init__(self, config: dict[str, Any], graph: nx.MultiDiGraph | None = None,
+                 passes: list[str] | None = None):
+        self.config = dict(config)
+        self.graph = graph if graph is not None else nx.MultiDiGraph()
+        self.passes = list(passes or [])
+
+    # ---- building -------------------------------------------------------------------------
+    def add_node(self, node_id: str, op: str, inputs: list[Port] | tuple[Port, ...] = (),
+                 module: str = "", params: dict[str, np.ndarray] | None = None,
+                 attrs: dict[str, Any] | None = None, n_out: int | None = None) -> str:
+        if op not in OPS:
+            raise ConversionError(f"IR node '{node_id}': unknown op '{op}'; known ops: "
+                                  f"{', '.join(OPS)}")
+        arity, outs, _ = OPS[op]
+        if arity is not None and len(inputs) != arity:
+            raise ConversionError(f"IR node '{node_id}' ({op}, from {module or '?'}): expected "
+                                  f"{arity} inputs, got {len(inputs)}")
+        if node_id in self.graph:
+            raise ConversionError(f"IR node id '{node_id}' is used twice")
+        self.graph.add_node(node_id, op=op, module=module, params=dict(params or {}),
+                            attrs=dict(attrs or {}), n_out=outs if n_out is None else n_out)
+        for i, src in enumerate(inputs):
+            self.connect(src, node_id, i)
+        return node_id
+
+    def connect(self, src: Port, dst: str, dst_port: int) -> None:
+        if src.node not in self.graph:
+            raise ConversionError(f"IR edge into '{dst}': source node '{src.node}' does not exist")
+        self.graph.add_edge(src.node, dst, src_port=src.port, dst_port=dst_port)
+
+    def unique_id(self, base: str) -> str:
+        if base not in self.graph:
+            return base
+        k = 1
+        while f"{base}#{k}" in self.graph:
+            k += 1
+        return f"{base}#{k}"
+
+    # ---- reading --------------------------------------------------------------------------
+    def node(self, node_id: str) -> dict[str, Any]:
+        return self.graph.nodes[node_id]
+
+    def inputs(self, node_id: str) -> list[Port]:
+        """The node's inputs in port order."""
+        edges = sorted(self.graph.in_edges(node_id, data=True), key=lambda e: e[2]["dst_port"])
+        return [Port(u, d["src_port"]) for u, _, d in edges]
+
+    def in_edges(self, node_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        return sorted(self.graph.in_edges(node_id, data=True), key=lambda e: e[2]["dst_port"])
+
+    def consumers(self, node_id: str, port: int | None = None) -> list[tuple[str, int]]:
+        """(consumer id, its input port) of the node's outputs (or of one output)."""
+        return [(v, d["dst_port"]) for _, v, d in self.graph.out_edges(node_id, data=True)
+                if port is None or d["src_port"] == port]
+
+    def topological(self) -> list[str]:
+        try:
+            return list(nx.lexicographical_topological_sort(self.graph))
+        except nx.NetworkXUnfeasible:
+            raise ConversionError("the IR has a cycle within one token; state must cross tokens "
+                                  "through StateIn/StateOut nodes") from None
+
+    def nodes_of(self, *ops: str) -> Iterator[str]:
+        for n, data in self.graph.nodes(data=True):
+            if data["op"] in ops:
+                yield n
+
+    def state_slots(self) -> list[str]:
+        return sorted(self.node(n)["attrs"]["state"] for n in self.nodes_of("StateIn"))
+
+    def state_in(self, slot: str) -> str:
+        for n in self.nodes_of("StateIn"):
+            if self.node(n)["attrs"]["state"] == slot:
+                return n
+        raise ConversionError(f"IR has no state slot '{slot}'")
+
+    def copy(self) -> "IR":
+        """A deep copy: passes are copy-on-write and never mutate their input IR."""
+        return IR(copy.deepcopy(self.config), copy.deepcopy(self.graph), list(self.passes))
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for _, data in self.graph.nodes(data=True):
+            counts[data["op"]] = counts.get(data["op"], 0) + 1
+        return dict(sorted(counts.items()))
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for _, d in self.graph.nodes(data=True) for p in d["params"].values()))
+
+
+def infer_value_classes(ir: IR) -> IR:
+    """Annotate every edge with its value class, shape and dtype (returns a new IR).
+
+    binary: Heaviside and LIF spike outputs; integer: sums of binary/integer values (and
+    SpikeSum); index: token ids; float: everything else. A Linear fed by a binary or integer
+    edge is spike-driven; spec 2.9 notes that before the LayerNorm fold none is.
+    """
+    out = ir.copy()
+    classes: dict[tuple[str, int], str] = {}
+    for n in out.topological():
+        data = out.node(n)
+        op = data["op"]
+        ins = [classes.get((p.node, p.port), "float") for p in out.inputs(n)]
+        if op == "Input":
+            res = ["index"]
+        elif op == "Heaviside":
+            res = ["binary"]
+        elif op == "LIF":
+            res = ["binary", "float"]
+        elif op == "SpikeSum":
+            res = ["integer"]
+        elif op == "Add" and all(c in ("binary", "integer") for c in ins):
+            res = ["integer"]
+        elif op == "StateIn":
+            res = [data["attrs"].get("value_class", "float")]
+        else:
+            res = ["float"] * data["n_out"]
+        for port, cls in enumerate(res):
+            classes[(n, port)] = cls
+    for u, v, key, d in out.graph.edges(keys=True, data=True):
+        d["value_class"] = classes.get((u, d["src_port"]), "float")
+    return out
