@@ -144,6 +144,32 @@ class IR:
                 return n
         raise ConversionError(f"IR has no state slot '{slot}'")
 
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Free-form results of passes (e.g. the fold report), kept with the graph."""
+        return self.graph.graph
+
+    def remove_dead(self) -> None:
+        """Drop nodes that reach no Output / StateOut, and state slots that nothing reads."""
+        while True:
+            roots = [n for n in self.graph if self.node(n)["op"] in ("Output", "StateOut")]
+            live = set(roots)
+            for r in roots:
+                live |= nx.ancestors(self.graph, r)
+            dead = [n for n in self.graph if n not in live]
+            for n in list(self.nodes_of("StateIn")):
+                slot = self.node(n)["attrs"]["state"]
+                if all(self.node(v)["op"] == "StateOut" and self.node(v)["attrs"]["state"] == slot
+                       for v, _ in self.consumers(n)):
+                    dead += [n] + [m for m in self.nodes_of("StateOut")
+                                   if self.node(m)["attrs"]["state"] == slot]
+            read = {self.node(n)["attrs"]["state"] for n in self.nodes_of("StateIn")}
+            dead += [m for m in self.nodes_of("StateOut")
+                     if self.node(m)["attrs"]["state"] not in read]
+            if not dead:
+                return
+            self.graph.remove_nodes_from(set(dead))
+
     def copy(self) -> "IR":
         """A deep copy: passes are copy-on-write and never mutate their input IR."""
         return IR(copy.deepcopy(self.config), copy.deepcopy(self.graph), list(self.passes))
