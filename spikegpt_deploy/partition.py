@@ -1,0 +1,166 @@
+"""Place every IR node on the chip or the host, with a recorded reason.
+
+What may go on the chip comes from the target profile's capability table (``hw_profiles/``):
+``chip_ops`` (op kinds), ``linear_input_classes`` (what a chip Linear can consume) and
+``graded_spikes`` / ``graded_spike_bits_max``. Policies:
+
+- ``spikes`` (default): spike-driven linears (SpikeLinear after fold_layernorm), the spike-count
+  accumulators (SpikeSum) and the LIF populations on chip; every float op on the host.
+- ``graded``: additionally the float-input linears att.output and ffn.value (and ffnPre.value) on
+  chip, fed by graded spikes of ``graded_bits`` bits (their inputs are quantized on the host).
+
+Crossings (values that move between chip and host) are listed per token in
+``ir.meta['crossings']``; each value crosses once per direction however many nodes read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hw_profiles import HardwareProfile
+
+from .errors import ConversionError
+from .interpreter import annotate_shapes
+from .ir import IR, infer_value_classes
+
+POLICIES = ("spikes", "graded")
+HOST = "host"  # chip nodes are placed on the target's name, e.g. 'loihi2'
+# IR op -> the capability name a profile lists in chip_ops
+CAPABILITY_OF = {"SpikeLinear": "Linear", "Linear": "Linear", "SpikeSum": "Accumulate",
+                 "LIF": "LIF"}
+GRADED_LINEAR_SUFFIXES = (".att.output", ".ffn.value", ".ffnPre.value")
+# Why float ops stay on the host, by op (the fallback names the missing capability).
+HOST_REASONS = {
+    "WKV": "WKV needs exp, max and division on floats",
+    "LayerNormStats": "LayerNorm statistics need a mean, a variance and a square root",
+    "LayerNorm": "LayerNorm needs a mean, a variance, a square root and a division",
+    "FoldCorrection": "per-token LayerNorm corrections of a folded linear: float scalars times "
+                      "vectors and a division by sigma",
+    "Sigmoid": "sigmoid needs exp and division",
+    "Mul": "elementwise product of two graded float vectors (gating)",
+    "ReLU": "ReLU of a float vector (part of ReLU squared)",
+    "Square": "square of a float vector (part of ReLU squared)",
+    "Embedding": "table lookup of the token id",
+    "Heaviside": "threshold of the looked-up embedding row (on the host, beside the lookup)",
+    "Add": "adds spikes to the float residual stream, which the host needs for LayerNorm "
+           "statistics",
+    "Scale": "rescaling of the float residual stream",
+    "Input": "token ids come from the host",
+    "Output": "logits are read by the host (sampling)",
+    "StateIn": "state of a host op",
+    "StateOut": "state of a host op",
+}
+VALUE_BITS = {"binary": 1, "index": 64, "float": 32}
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """One value that moves between chip and host every token."""
+
+    source: str          # producing node
+    port: int
+    direction: str       # 'chip_to_host' | 'host_to_chip'
+    width: int           # elements per token (neurons or vector length)
+    value_class: str     # binary | integer | float | graded
+    bits_per_element: int
+    readers: tuple[str, ...]
+
+
+def partition(ir: IR, profile: HardwareProfile, policy: str = "spikes",
+              graded_bits: int = 8) -> IR:
+    """Return a new IR whose nodes carry ``placement`` and ``reason`` (see module docstring)."""
+    if policy not in POLICIES:
+        raise ConversionError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}")
+    if profile.role != "chip":
+        raise ConversionError(f"target '{profile.name}' is a {profile.role} profile, not a chip; "
+                              f"pick a neuromorphic target (e.g. loihi2)")
+    chip_ops = tuple(profile.capability_value("chip_ops"))  # type: ignore[arg-type]
+    input_classes = tuple(profile.capability_value("linear_input_classes"))  # type: ignore
+    graded_ok = bool(profile.capability_value("graded_spikes"))
+    if policy == "graded":
+        if not graded_ok or "graded" not in input_classes:
+            raise ConversionError(f"target '{profile.name}' has no graded spikes, so --policy "
+                                  f"graded cannot place att.output / ffn.value; use --policy spikes")
+        max_bits = profile.capacity_bits("graded_spike_bits_max")
+        if not 1 <= graded_bits <= max_bits:
+            raise ConversionError(f"--graded-bits {graded_bits} is outside 1..{max_bits} "
+                                  f"(graded_spike_bits_max of '{profile.name}')")
+    out = infer_value_classes(annotate_shapes(ir))
+    chip = profile.name
+    for n in out.topological():
+        data = out.node(n)
+        op = data["op"]
+        placement, reason = HOST, HOST_REASONS.get(op, f"{op} is a float op")
+        cap = CAPABILITY_OF.get(op)
+        in_classes = [d["value_class"] for _, _, d in out.in_edges(n)]
+        if op in ("SpikeLinear", "SpikeSum", "LIF"):
+            if cap not in chip_ops:
+                raise ConversionError(f"node '{n}' ({op}, from {data['module']}): target "
+                                      f"'{profile.name}' cannot run {cap} (chip_ops: "
+                                      f"{', '.join(chip_ops)}), which policy '{policy}' needs")
+            if op == "SpikeLinear" and not set(in_classes) <= set(input_classes):
+                raise ConversionError(f"node '{n}' (SpikeLinear, from {data['module']}): target "
+                                      f"'{profile.name}' takes {input_classes} into a Linear, "
+                                      f"the node reads {in_classes}")
+            placement, reason = chip, {
+                "SpikeLinear": f"spike-driven linear: accumulates {'/'.join(in_classes)} spikes",
+                "SpikeSum": "integer accumulation of spikes of the residual stream",
+                "LIF": "LIF neurons map to the chip's LIF (spec 6.1)"}[op]
+        elif op == "Linear":
+            if policy == "graded" and data["module"].endswith(GRADED_LINEAR_SUFFIXES):
+                if cap not in chip_ops:
+                    raise ConversionError(f"node '{n}' (Linear, from {data['module']}): target "
+                                          f"'{profile.name}' cannot run Linear")
+                placement = chip
+                reason = f"float-input linear fed by {graded_bits}-bit graded spikes (policy graded)"
+                data["attrs"] = {**data["attrs"], "graded_bits": graded_bits}
+            else:
+                reason = ("float-input linear: stays on the host under policy 'spikes' "
+                          "(--policy graded moves att.output / ffn.value on chip)"
+                          if data["module"].endswith(GRADED_LINEAR_SUFFIXES) else
+                          "linear on a float input that fold_layernorm did not make spike-driven")
+        data["placement"], data["reason"] = placement, reason
+    out.meta["crossings"] = [asdict(c) for c in _crossings(out)]
+    out.meta["partition"] = {"target": profile.name, "policy": policy,
+                             "graded_bits": graded_bits if policy == "graded" else None}
+    out.passes.append("partition")
+    return out
+
+
+def _crossings(ir: IR) -> list[Crossing]:
+    found: dict[tuple[str, int, str], list[str]] = {}
+    edges: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for u, v, d in ir.graph.edges(data=True):
+        pu, pv = ir.node(u)["placement"], ir.node(v)["placement"]
+        if pu == pv:
+            continue
+        key = (u, d["src_port"], "chip_to_host" if pu != HOST else "host_to_chip")
+        found.setdefault(key, []).append(v)
+        edges[key] = d
+    out = []
+    for key, readers in sorted(found.items()):
+        d = edges[key]
+        cls = d.get("value_class", "float")
+        dst = ir.node(readers[0])
+        if key[2] == "host_to_chip" and "graded_bits" in dst["attrs"]:
+            cls, bits = "graded", int(dst["attrs"]["graded_bits"])
+        elif cls == "integer":
+            bits = 8  # spike counts: small integers (the profiler measures the real range)
+        else:
+            bits = VALUE_BITS.get(cls, 32)
+        width = int(d["shape"][0]) if d.get("shape") else int(ir.config["n_embd"])
+        out.append(Crossing(key[0], key[1], key[2], width, cls, bits, tuple(sorted(readers))))
+    return out
+
+
+def placement_summary(ir: IR) -> dict[str, dict[str, int]]:
+    """Per placement: node count, parameter count and node count per op."""
+    summary: dict[str, dict[str, Any]] = {}
+    for n, data in ir.graph.nodes(data=True):
+        p = data.get("placement", "unplaced")
+        s = summary.setdefault(p, {"nodes": 0, "parameters": 0, "ops": {}})
+        s["nodes"] += 1
+        s["parameters"] += int(sum(v.size for v in data["params"].values()))
+        s["ops"][data["op"]] = s["ops"].get(data["op"], 0) + 1
+    return summary
