@@ -1,0 +1,37 @@
+# The two commands a newcomer needs:  make demo  and  make test
+# Both create .venv with Python 3.10 (Lava supports only 3.10) and install the project into it.
+
+PYTHON310 ?= $(shell scripts/find-python310)
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+OUT       ?= out
+TOKENS    ?= 64
+
+.PHONY: demo test install clean-out
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON310)" || { echo "no Python 3.10: see the message above"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON310) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# The main job on the shipped default model: evaluate, generate, convert to a Loihi 2 bundle,
+# inspect it, then profile measured spikes and energy per layer.
+demo: $(STAMP)
+	@command -v bible >/dev/null || { echo "the demo reads the KJV text: apt-get install -y bible-kjv"; exit 1; }
+	$(BIN)/spikegpt-deploy evaluate --data kjv --max-tokens 16384
+	$(BIN)/spikegpt-deploy generate --prompt "In the beginning" --tokens 120 --temperature 0
+	$(BIN)/spikegpt-deploy convert --target loihi2 -o $(OUT)/bundle --force
+	$(BIN)/spikegpt-deploy inspect $(OUT)/bundle
+	$(BIN)/spikegpt-deploy profile --data kjv --tokens 512 --target loihi2 --target loihi --target spinnaker2 -o $(OUT)/profile
+	$(BIN)/spikegpt-deploy report $(OUT)/profile/profile.json --html $(OUT)/profile/report.html
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-out:
+	rm -rf $(OUT)
