@@ -74,3 +74,51 @@ def generate(loaded: LoadedModel, prompt: str, n_tokens: int,
     prompt_ids = encode_prompt(tokenizer, prompt)
     for tok in generate_ids(loaded.model, prompt_ids, n_tokens, options):
         yield tokenizer.decode([tok])
+
+
+def default_bundle_dir(model_path: Path, target: str) -> Path:
+    """Next to the model: ``<model stem>.<target>.bundle``."""
+    return model_path.with_name(f"{model_path.stem}.{Path(target).stem}.bundle")
+
+
+def convert(model: str | Path | None, out_dir: str | Path | None, force: bool = False,
+            **options: Any) -> tuple[Path, dict[str, Any]]:
+    """Run the conversion pipeline and write the bundle; returns its path and manifest."""
+    from .bundle import verify_bundle, write_bundle
+    from .convert import ConvertOptions, run_pipeline
+
+    source = Path(model) if model is not None else default_model_path()
+    opts = ConvertOptions(**options)
+    out = Path(out_dir) if out_dir is not None else default_bundle_dir(source, opts.target)
+    if out.exists() and not force:  # fail before the work, not after it
+        from .errors import BundleError
+        raise BundleError(f"{out} already exists; pass --force to replace it or choose another -o")
+    ctx = run_pipeline(source, opts)
+    path = write_bundle(ctx, out, force=force)
+    return path, verify_bundle(path)
+
+
+def inspect_bundle(path: str | Path) -> dict[str, Any]:
+    """The bundle's summary: partition, crossings per token, resources, quantization error."""
+    from .bundle import verify_bundle
+
+    manifest = verify_bundle(path)
+    crossings = manifest.get("crossings", [])
+    per_direction: dict[str, dict[str, float]] = {}
+    for c in crossings:
+        d = per_direction.setdefault(c["direction"], {"values": 0, "max_messages": 0,
+                                                      "max_bytes": 0.0})
+        d["values"] += 1
+        d["max_messages"] += c["width"]
+        d["max_bytes"] += c["width"] * c["bits_per_element"] / 8
+    layers = manifest.get("quantization", {}).get("layers", {})
+    return {
+        "bundle": str(path), "source_model": manifest["source_model"],
+        "config": manifest["config"], "target": manifest["target"], "policy": manifest["policy"],
+        "passes": manifest["passes"], "partition": manifest["partition"],
+        "crossings_per_token": per_direction, "resources": manifest["resources"],
+        "quantization": layers, "equivalence": manifest.get("equivalence"),
+        "spike_driven_linears": sorted(k for k, v in manifest.get("fold_report", {}).items()
+                                       if v.get("spike_driven")),
+        "files": sorted(manifest["files"]),
+    }

@@ -71,6 +71,8 @@ def _overrides(binary_embedding: bool | None, rescale_every: int | None) -> dict
 @click.option("--eval-every", default=250, show_default=True, type=int)
 @click.option("--eval-tokens", default=32768, show_default=True, type=int)
 @click.option("--checkpoint-every", default=250, show_default=True, type=int)
+@click.option("--threads", default=0, show_default=True, type=int,
+              help="CPU threads for torch (0 = torch's default).")
 @click.option("--resume", is_flag=True, help="Continue from <out>.ckpt.")
 @_handle_errors
 def train(resume: bool, **kwargs: Any) -> None:
@@ -153,6 +155,169 @@ def generate(model: str | None, prompt: str, n_tokens: int, temperature: float, 
     for piece in api.generate(loaded, prompt, n_tokens, SamplingOptions(temperature, top_p, seed)):
         click.echo(piece, nl=False)
     click.echo()
+
+
+@main.command()
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--target", default="loihi2", show_default=True,
+              help="Chip profile name (see 'targets') or a profile TOML file.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Bundle directory (default: <model>.<target>.bundle next to the model).")
+@click.option("--policy", type=click.Choice(["spikes", "graded"]), default="spikes",
+              show_default=True)
+@click.option("--weight-bits", default=8, show_default=True, type=int)
+@click.option("--graded-bits", default=8, show_default=True, type=int)
+@click.option("--calibration", default=None,
+              help="'kjv' or a text file for calibrating fixed-point ranges (default: seeded "
+                   "random tokens).")
+@click.option("--calibration-tokens", default=256, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_model_options
+@_handle_errors
+def convert(model: str | None, target: str, out_dir: str | None, policy: str, weight_bits: int,
+            graded_bits: int, calibration: str | None, calibration_tokens: int, force: bool,
+            as_json: bool, tokenizer_path: str | None, binary_embedding: bool | None,
+            rescale_every: int | None) -> None:
+    """Convert MODEL (.pt, official .pth or exported .onnx) into a deployment bundle."""
+    from . import api
+
+    path, manifest = api.convert(
+        model, out_dir, force=force, target=target, policy=policy, weight_bits=weight_bits,
+        graded_bits=graded_bits, calibration=calibration, calibration_tokens=calibration_tokens,
+        tokenizer=tokenizer_path, overrides=_overrides(binary_embedding, rescale_every))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    eq = manifest.get("equivalence") or {}
+    part = manifest["partition"]
+    click.echo(f"wrote {path}")
+    click.echo(f"  target {manifest['target']['name']}, policy {manifest['policy'].get('policy')}, "
+               f"passes: {' -> '.join(manifest['passes'])}")
+    for place, s in sorted(part.items()):
+        click.echo(f"  {place:<8} {s['nodes']:>5} nodes {s['parameters']:>10,} parameters")
+    totals = manifest["resources"]["totals"]
+    click.echo(f"  chip resources: {totals['cores']} cores on {totals['chips']} chip(s), "
+               f"{totals['neurons']:,} neurons, {totals['synapses']:,} synapses")
+    if eq:
+        click.echo(f"  check over {eq['tokens']} tokens: float IR vs PyTorch max |dlogit| "
+                   f"{eq['float_ir_vs_pytorch_max_abs_logit_diff']:.2e}, spikes identical: "
+                   f"{eq['float_ir_spikes_identical']}; quantized greedy-token agreement "
+                   f"{eq['quantized_greedy_token_agreement']:.3f}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def inspect(bundle: str, as_json: bool) -> None:
+    """Summarise BUNDLE: partition, chip-host crossings, resources, quantization error."""
+    from . import api
+
+    info = api.inspect_bundle(bundle)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    cfg = info["config"]
+    click.echo(f"{info['bundle']}: {cfg['n_layer']} layers x {cfg['n_embd']}, vocab "
+               f"{cfg['vocab_size']}, target {info['target']['name']}, policy "
+               f"{info['policy'].get('policy')}")
+    click.echo("partition (nodes / parameters / ops):")
+    for place, s in sorted(info["partition"].items()):
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(s["ops"].items()))
+        click.echo(f"  {place:<8} {s['nodes']:>5} / {s['parameters']:>10,}  {ops}")
+    click.echo(f"spike-driven linears: {len(info['spike_driven_linears'])}")
+    click.echo("chip-host crossings per token (upper bound: every element sent):")
+    for direction, d in sorted(info["crossings_per_token"].items()):
+        click.echo(f"  {direction:<13} {d['values']:>4} values, <= {d['max_messages']:,} messages, "
+                   f"<= {d['max_bytes']:,.0f} bytes")
+    totals = info["resources"]["totals"]
+    click.echo(f"resources: {totals['cores']} cores, {totals['chips']} chip(s), "
+               f"{totals['neurons']:,} neurons, {totals['synapses']:,} synapses, "
+               f"{totals['synaptic_memory_bytes']:,} B synaptic memory")
+    click.echo("quantization (weights, per layer: max / rms error):")
+    for name, q in sorted(info["quantization"].items()):
+        if "weight_max_abs_error" in q:
+            click.echo(f"  {name:<40} {q['weight_max_abs_error']:.2e} / {q['weight_rms_error']:.2e}")
+        else:
+            click.echo(f"  {name:<40} LIF input step 2^-{q['input_scale_bits']} "
+                       f"(peak |x| {q['input_peak']:.3g})")
+
+
+
+@main.command(name="profile")
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--data", default="kjv", show_default=True, help="'kjv' or a UTF-8 text file.")
+@click.option("--tokens", "n_tokens", default=256, show_default=True, type=int,
+              help="Profile the first N tokens of the held-out (valid) split.")
+@click.option("--target", "targets", multiple=True, default=("loihi2",), show_default=True,
+              help="Chip profile name or TOML (repeatable); the IR is partitioned for each.")
+@click.option("--host-profile", default=None,
+              help="Profile (name or TOML) pricing host ops (default: each target's default_host).")
+@click.option("--profile", "user_profiles", multiple=True, type=click.Path(dir_okay=False),
+              help="Your own profile TOML (repeatable): chip adds a target, host prices host "
+                   "ops, ann adds a baseline.")
+@click.option("--policy", default="spikes", show_default=True,
+              type=click.Choice(["spikes", "graded"]))
+@click.option("--timesteps", type=float, default=None,
+              help="Chip timesteps per token (default: the IR's pipeline depth).")
+@click.option("--hops", type=float, default=None,
+              help="Mesh hops per spike message (default: mean distance on the mapped mesh).")
+@click.option("--sensitivity-factor", default=2.0, show_default=True, type=float)
+@click.option("-o", "--out", "out_dir", default="profile", show_default=True,
+              type=click.Path(file_okay=False), help="Folder for profile.json and the CSV files.")
+@_handle_errors
+def profile_cmd(model: str | None, data: str, n_tokens: int, targets: tuple[str, ...],
+                host_profile: str | None, user_profiles: tuple[str, ...], policy: str,
+                timesteps: float | None, hops: float | None, sensitivity_factor: float,
+                out_dir: str) -> None:
+    """Count spikes, synaptic/host ops and chip-host traffic; price them per target."""
+    from .profiling import profile_checkpoint
+    from .profiling.report import render_table, write_outputs
+
+    result = profile_checkpoint(model, data, n_tokens, targets, host_profile, user_profiles,
+                                policy, timesteps=timesteps, hops=hops,
+                                sensitivity_factor=sensitivity_factor)
+    click.echo(render_table(result))
+    paths = write_outputs(result, out_dir)
+    click.echo(f"\nwrote {', '.join(str(p) for p in paths)}")
+
+
+@main.command(name="report")
+@click.argument("profile_json", type=click.Path(dir_okay=False))
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a self-contained HTML report with plots here.")
+@_handle_errors
+def report_cmd(profile_json: str, html_path: str | None) -> None:
+    """Print the tables of a profile.json (and write an HTML report with --html)."""
+    from .profiling.report import load_json, render_table
+
+    result = load_json(profile_json)
+    click.echo(render_table(result))
+    if html_path:
+        from .profiling.html import write_html
+
+        click.echo(f"\nwrote {write_html(result, html_path)}")
+
+
+@main.command(name="targets")
+@_handle_errors
+def targets_cmd() -> None:
+    """List the built-in hardware profiles: role, title and the sources of their figures."""
+    from hw_profiles import list_profiles, load_profile
+
+    for name in list_profiles():
+        prof = load_profile(name)
+        kinds: dict[str, int] = {}
+        sources: dict[str, int] = {}
+        for _, _, q in prof.quantities():
+            kinds[q.kind] = kinds.get(q.kind, 0) + 1
+            sources[q.source] = sources.get(q.source, 0) + 1
+        host = f", host ops on {prof.default_host}" if prof.default_host else ""
+        click.echo(f"{name:<12} {prof.role:<5} {prof.title}{host}")
+        click.echo("             figures: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+        for source, n in sorted(sources.items(), key=lambda kv: -kv[1]):
+            click.echo(f"             [{n:>2}] {source}")
 
 
 if __name__ == "__main__":  # pragma: no cover

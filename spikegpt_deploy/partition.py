@@ -121,11 +121,26 @@ def partition(ir: IR, profile: HardwareProfile, policy: str = "spikes",
                           if data["module"].endswith(GRADED_LINEAR_SUFFIXES) else
                           "linear on a float input that fold_layernorm did not make spike-driven")
         data["placement"], data["reason"] = placement, reason
+    _place_state(out)
     out.meta["crossings"] = [asdict(c) for c in _crossings(out)]
     out.meta["partition"] = {"target": profile.name, "policy": policy,
                              "graded_bits": graded_bits if policy == "graded" else None}
     out.passes.append("partition")
     return out
+
+
+def _place_state(ir: IR) -> None:
+    """A state slot lives where the op that reads it lives (LIF membranes stay on chip)."""
+    for n in list(ir.nodes_of("StateIn")):
+        readers = [v for v, _ in ir.consumers(n) if ir.node(v)["op"] != "StateOut"]
+        places = {ir.node(v)["placement"] for v in readers}
+        if len(places) != 1 or HOST in places:
+            continue
+        place = places.pop()
+        slot = ir.node(n)["attrs"]["state"]
+        for m in [n, *(m for m in ir.nodes_of("StateOut") if ir.node(m)["attrs"]["state"] == slot)]:
+            ir.node(m)["placement"] = place
+            ir.node(m)["reason"] = "state of a chip op: stays on chip between tokens"
 
 
 def _crossings(ir: IR) -> list[Crossing]:

@@ -1,0 +1,190 @@
+"""The deployment bundle: a directory written atomically, verified by hash when loaded.
+
+Layout (format ``spikegpt-deploy-bundle``, version 1):
+    manifest.json     format version, source model sha256, config, target, policy, passes,
+                      quantization, partition summary, crossings, per-layer resources,
+                      equivalence figures, and the sha256 of every other file
+    ir.json           the partitioned, quantized per-token graph (nodes, edges, attributes)
+    ir_params.npz     its arrays (float weights, integer mantissas), pickle-free
+    tokenizer.json    the model's tokenizer (char vocabulary or tokenizers JSON)
+    host.onnx         the host partition as ONNX (inputs: token, host state, chip->host values)
+    spiking.nir       the spiking partition as a NIR graph
+    chip.net          the chip layers netx expresses, as lava-dl netx HDF5 (when there are any)
+The simulator builds from ir.json / ir_params.npz (the documented array format); host.onnx,
+spiking.nir and chip.net are for other tools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .convert import ConvertContext
+from .data import Tokenizer, tokenizer_from_dict
+from .errors import BundleError, ConversionError, DeployError
+from .ir import IR
+from .ir_io import load_ir, save_ir
+from .partition import placement_summary
+
+BUNDLE_FORMAT = "spikegpt-deploy-bundle"
+BUNDLE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _emit_host_onnx(ir: IR, directory: Path) -> dict[str, Any]:
+    from converters.host_onnx import host_partition_to_onnx
+    info = host_partition_to_onnx(ir, directory / "host.onnx")
+    return {"file": "host.onnx", "info": _jsonable(info)}
+
+
+def _emit_nir(ir: IR, directory: Path) -> dict[str, Any]:
+    from converters.nir_export import chip_partition_to_nir
+    info = chip_partition_to_nir(ir, directory / "spiking.nir")
+    return {"file": "spiking.nir", "info": _jsonable(info)}
+
+
+def _emit_netx(ir: IR, directory: Path) -> dict[str, Any]:
+    from converters.netx_export import chip_partition_to_netx
+    info = chip_partition_to_netx(ir, directory / "chip.net")
+    written = (directory / "chip.net").is_file()
+    return {"file": "chip.net" if written else None, "info": _jsonable(info)}
+
+
+# name -> emitter; each writes its file(s) into the bundle directory and describes them
+EMITTERS: list[tuple[str, Callable[[IR, Path], dict[str, Any]]]] = [
+    ("host_onnx", _emit_host_onnx),
+    ("nir", _emit_nir),
+    ("netx", _emit_netx),
+]
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+        obj = asdict(obj)
+    return json.loads(json.dumps(obj, default=str))
+
+
+def write_bundle(ctx: ConvertContext, out_dir: str | Path, force: bool = False,
+                 emitters: list[str] | None = None) -> Path:
+    """Write the bundle for a finished pipeline run; nothing is left half-written."""
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it or choose another -o")
+    if ctx.ir is None or ctx.loaded is None or ctx.profile is None:
+        raise ConversionError("internal: the conversion pipeline did not finish")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        files = save_ir(ctx.ir, tmp)
+        emitted: dict[str, Any] = {}
+        wanted = emitters if emitters is not None else [name for name, _ in EMITTERS]
+        for name, emit in EMITTERS:
+            if name not in wanted:
+                continue
+            try:
+                emitted[name] = emit(ctx.ir, tmp)
+            except DeployError as exc:
+                raise ConversionError(f"emitting {name} failed: {exc}") from None
+            if emitted[name].get("file"):
+                files.append(emitted[name]["file"])
+        if ctx.tokenizer is not None:
+            (tmp / "tokenizer.json").write_text(json.dumps(ctx.tokenizer.to_dict()),
+                                                encoding="utf-8")
+            files.append("tokenizer.json")
+        manifest = _manifest(ctx, emitted)
+        manifest["files"] = {name: _sha256(tmp / name) for name in sorted(files)}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _manifest(ctx: ConvertContext, emitted: dict[str, Any]) -> dict[str, Any]:
+    ir = ctx.ir
+    assert ir is not None and ctx.loaded is not None and ctx.profile is not None
+    return {
+        "format": BUNDLE_FORMAT, "format_version": BUNDLE_FORMAT_VERSION,
+        "source_model": {"file": ctx.source.name, "sha256": ctx.loaded.sha256,
+                         "format": ctx.loaded.source_format},
+        "config": ir.config,
+        "target": {"name": ctx.profile.name, "title": ctx.profile.title,
+                   "profile_sha256": ctx.profile.sha256},
+        "policy": ir.meta.get("partition", {}),
+        "passes": ir.passes,
+        "fold_report": ir.meta.get("fold_report", {}),
+        "quantization": ir.meta.get("quantization", {}),
+        "partition": placement_summary(ir),
+        "crossings": ir.meta.get("crossings", []),
+        "resources": ctx.resources,
+        "equivalence": ctx.equivalence,
+        "emitted": emitted,
+    }
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    ir: IR
+    tokenizer: Tokenizer | None
+
+
+def verify_bundle(path: str | Path) -> dict[str, Any]:
+    """Check the manifest's format version and every file's sha256; return the manifest."""
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        raise BundleError(f"{root}: not a bundle directory (run 'spikegpt-deploy convert' first)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{mpath}: missing; {root} is not a spikegpt-deploy bundle") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON ({exc}); re-run convert") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{mpath}: not a {BUNDLE_FORMAT} manifest")
+    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise BundleError(f"{mpath}: bundle format version {manifest.get('format_version')!r}, "
+                          f"this spikegpt-deploy reads version {BUNDLE_FORMAT_VERSION}; "
+                          f"re-run convert with this version")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{mpath}: no 'files' table")
+    for name, digest in files.items():
+        fpath = root / name
+        if not fpath.is_file():
+            raise BundleError(f"{fpath}: listed in the manifest but missing")
+        if _sha256(fpath) != digest:
+            raise BundleError(f"{fpath}: sha256 does not match the manifest (the file was "
+                              f"changed or corrupted); re-run convert")
+    return manifest
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Verify and load a bundle (IR and tokenizer)."""
+    root = Path(path)
+    manifest = verify_bundle(root)
+    ir = load_ir(root)
+    tok = None
+    if "tokenizer.json" in manifest["files"]:
+        try:
+            tok = tokenizer_from_dict(json.loads((root / "tokenizer.json").read_text("utf-8")),
+                                      str(root / "tokenizer.json"))
+        except DeployError as exc:
+            raise BundleError(str(exc)) from None
+    return Bundle(root, manifest, ir, tok)

@@ -1,0 +1,195 @@
+"""The conversion pipeline: one explicit, ordered list of steps (nothing registers itself).
+
+model file -> load -> capture (torch.fx) -> fold_layernorm -> partition -> quantize ->
+map_resources -> check_equivalence. Each step reads and extends a ``ConvertContext``; a failing
+step raises a ConversionError that says which steps ran before it. ``bundle.write_bundle`` then
+emits the deployment bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from hw_profiles import HardwareProfile, load_profile
+
+from .checkpoint import LoadedModel, file_sha256, load_checkpoint
+from .data import Tokenizer, encode_split, load_corpus
+from .errors import ConversionError, DeployError
+from .interpreter import Executor
+from .ir import IR
+from .partition import POLICIES, partition
+from .passes.fold import fold_layernorm
+from .passes.quantize import emulator, quantize
+from .resources import map_resources
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    target: str = "loihi2"              # a built-in profile name or a profile TOML path
+    policy: str = "spikes"
+    weight_bits: int = 8
+    graded_bits: int = 8
+    calibration: str | None = None      # 'kjv' | text path | None: seeded random tokens
+    calibration_tokens: int = 256
+    check_tokens: int = 32
+    seed: int = 0
+    tokenizer: str | None = None        # tokenizers JSON for a bare .pth
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.policy not in POLICIES:
+            raise ConversionError(f"--policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
+        for name in ("calibration_tokens", "check_tokens"):
+            if getattr(self, name) < 1:
+                raise ConversionError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+@dataclass
+class ConvertContext:
+    source: Path
+    options: ConvertOptions
+    loaded: LoadedModel | None = None
+    profile: HardwareProfile | None = None
+    ir: IR | None = None
+    irs: dict[str, IR] = field(default_factory=dict)   # the IR after each step, for the tests
+    resources: dict[str, Any] | None = None
+    equivalence: dict[str, Any] | None = None
+    calibration_ids: np.ndarray | None = None
+    steps_done: list[str] = field(default_factory=list)
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        return self.loaded.tokenizer if self.loaded else None
+
+
+def step_load(ctx: ConvertContext) -> None:
+    opts = ctx.options
+    ctx.profile = load_profile(opts.target)
+    if ctx.profile.role != "chip":
+        raise ConversionError(f"--target {opts.target}: '{ctx.profile.name}' is a "
+                              f"{ctx.profile.role} profile; targets are chip profiles")
+    from .data import BPETokenizer
+    tok = BPETokenizer.from_file(opts.tokenizer) if opts.tokenizer else None
+    if ctx.source.suffix == ".onnx":
+        from converters.onnx_import import model_from_onnx
+        if opts.overrides:
+            raise ConversionError("config overrides do not apply to an .onnx step export (its "
+                                  "config is fixed at export time)")
+        model = model_from_onnx(ctx.source)
+        ctx.loaded = LoadedModel(model, tok, ctx.source, file_sha256(ctx.source), "onnx-step")
+    else:
+        ctx.loaded = load_checkpoint(ctx.source, tokenizer=tok, **opts.overrides)
+
+
+def step_capture(ctx: ConvertContext) -> None:
+    from converters.torch_capture import capture_ir
+    assert ctx.loaded is not None
+    ctx.ir = capture_ir(ctx.loaded.model)
+
+
+def step_fold(ctx: ConvertContext) -> None:
+    ctx.ir = fold_layernorm(_ir(ctx))
+
+
+def step_partition(ctx: ConvertContext) -> None:
+    assert ctx.profile is not None
+    ctx.ir = partition(_ir(ctx), ctx.profile, ctx.options.policy, ctx.options.graded_bits)
+
+
+def _calibration_ids(ctx: ConvertContext) -> np.ndarray:
+    opts = ctx.options
+    vocab = int(_ir(ctx).config["vocab_size"])
+    if opts.calibration is None:
+        rng = np.random.default_rng(opts.seed)
+        return rng.integers(0, vocab, size=(1, opts.calibration_tokens))
+    if ctx.tokenizer is None:
+        raise ConversionError("--calibration needs a tokenizer; the model file has none "
+                              "(pass --tokenizer)")
+    ids = encode_split(ctx.tokenizer, load_corpus(opts.calibration), "valid")
+    return ids[None, : opts.calibration_tokens]
+
+
+def step_quantize(ctx: ConvertContext) -> None:
+    ctx.calibration_ids = _calibration_ids(ctx)
+    ctx.ir = quantize(_ir(ctx), ctx.calibration_ids, ctx.options.weight_bits)
+
+
+def step_resources(ctx: ConvertContext) -> None:
+    assert ctx.profile is not None
+    ctx.resources = map_resources(_ir(ctx), ctx.profile, ctx.options.weight_bits)
+
+
+@torch.no_grad()
+def step_check(ctx: ConvertContext) -> None:
+    """Run the final IR (float and quantized emulation) against the PyTorch RNN step."""
+    assert ctx.loaded is not None and ctx.calibration_ids is not None
+    model, ir = ctx.loaded.model, _ir(ctx)
+    n = min(ctx.options.check_tokens, ctx.calibration_ids.shape[1])
+    tokens = ctx.calibration_ids[:, :n]
+    state = model.init_state(1)
+    ref = []
+    with model.record_spikes() as rec:
+        for t in range(n):
+            logits, state = model.step(torch.from_numpy(tokens[:, t]), state)
+            ref.append(logits.numpy())
+    ref_logits = np.stack(ref, 1)
+    ref_spikes = {k: v.numpy() for k, v in rec.spikes().items()}
+    f_logits, f_spikes = Executor(ir).run(tokens)
+    q_logits, q_spikes = emulator(ir).run(tokens)
+    ctx.equivalence = {
+        "tokens": n,
+        "float_ir_vs_pytorch_max_abs_logit_diff": float(np.max(np.abs(f_logits - ref_logits))),
+        "float_ir_spikes_identical": all(np.array_equal(f_spikes[k], ref_spikes[k])
+                                         for k in ref_spikes),
+        "quantized_greedy_token_agreement": float(np.mean(q_logits.argmax(-1)
+                                                          == ref_logits.argmax(-1))),
+        "quantized_spike_agreement": {k: float(np.mean(q_spikes[k] == ref_spikes[k]))
+                                      for k in ref_spikes},
+        "quantized_max_abs_logit_diff": float(np.max(np.abs(q_logits - ref_logits))),
+    }
+
+
+def _ir(ctx: ConvertContext) -> IR:
+    if ctx.ir is None:
+        raise ConversionError("internal: no IR yet (capture has not run)")
+    return ctx.ir
+
+
+STEPS: list[tuple[str, Callable[[ConvertContext], None]]] = [
+    ("load", step_load),
+    ("capture", step_capture),
+    ("fold_layernorm", step_fold),
+    ("partition", step_partition),
+    ("quantize", step_quantize),
+    ("map_resources", step_resources),
+    ("check_equivalence", step_check),
+]
+
+
+def run_pipeline(source: str | Path, options: ConvertOptions,
+                 stop_after: str | None = None) -> ConvertContext:
+    """Run the steps in order (up to ``stop_after``); see the module docstring."""
+    options.validate()
+    ctx = ConvertContext(Path(source), options)
+    for name, step in STEPS:
+        log.info("convert: %s", name)
+        try:
+            step(ctx)
+        except DeployError as exc:
+            ran = ", ".join(ctx.steps_done) or "none"
+            raise type(exc)(f"convert step '{name}' failed (steps run before it: {ran}): {exc}"
+                            ) from None
+        ctx.steps_done.append(name)
+        if ctx.ir is not None:
+            ctx.irs[name] = ctx.ir
+        if name == stop_after:
+            break
+    return ctx
