@@ -171,8 +171,19 @@ class IR:
             self.graph.remove_nodes_from(set(dead))
 
     def copy(self) -> "IR":
-        """A deep copy: passes are copy-on-write and never mutate their input IR."""
-        return IR(copy.deepcopy(self.config), copy.deepcopy(self.graph), list(self.passes))
+        """A copy for a pass to change: passes are copy-on-write and never mutate their input.
+
+        Node and edge attribute dicts are copied; parameter arrays are shared, because nothing
+        writes into an array in place (a pass that changes a weight stores a new array).
+        """
+        g = nx.MultiDiGraph()
+        g.graph.update(copy.deepcopy(self.graph.graph))
+        for n, d in self.graph.nodes(data=True):
+            g.add_node(n, **{**copy.deepcopy({k: v for k, v in d.items() if k != "params"}),
+                             "params": dict(d["params"])})
+        for u, v, d in self.graph.edges(data=True):
+            g.add_edge(u, v, **copy.deepcopy(d))
+        return IR(copy.deepcopy(self.config), g, list(self.passes))
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

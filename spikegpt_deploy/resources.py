@@ -53,8 +53,8 @@ def map_resources(ir: IR, profile: HardwareProfile, weight_bits: int = 8) -> dic
     per_chip = profile.capacity_count("cores_per_chip")
     layers: list[LayerResources] = []
     for n, d in ir.graph.nodes(data=True):
-        if d.get("placement", HOST) == HOST:
-            continue
+        if d.get("placement", HOST) == HOST or d["op"] in ("StateIn", "StateOut"):
+            continue  # chip state lives in the neurons counted below
         op = d["op"]
         bits = int(d["attrs"].get("weight_bits", weight_bits))
         if op in ("SpikeLinear", "Linear"):

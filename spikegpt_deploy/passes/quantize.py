@@ -85,7 +85,7 @@ def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8) -> IR
                          "weight_rms_error": q.rms_error, "weight_exp": q.exponent}
         elif d["op"] == "Linear":
             report[n] = _quantize_graded_linear(out, n, peaks, weight_bits)
-        elif d["op"] != "SpikeSum":
+        elif d["op"] not in ("SpikeSum", "StateIn", "StateOut"):
             raise ConversionError(f"node '{n}' ({d['op']}, from {d['module']}): no fixed-point "
                                   f"model for this chip op")
     out.meta["quantization"] = {"weight_bits": weight_bits, "layers": report,
