@@ -320,5 +320,24 @@ def targets_cmd() -> None:
             click.echo(f"             [{n:>2}] {source}")
 
 
+@main.command("export-onnx")
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the step .onnx.")
+@_model_options
+@_handle_errors
+def export_onnx(model: str | None, out_path: str, tokenizer_path: str | None,
+                binary_embedding: bool | None, rescale_every: int | None) -> None:
+    """Export MODEL's per-token step (tokens, state -> logits, next state) as ONNX."""
+    from converters.onnx_export import export_step_onnx
+
+    from . import api
+
+    loaded = api.open_model(model, tokenizer_path, **_overrides(binary_embedding, rescale_every))
+    path = export_step_onnx(loaded.model, out_path)
+    click.echo(f"wrote {path} (inputs: tokens [B] int64, state [7, {loaded.model.config.n_layer},"
+               f" B, {loaded.model.config.n_embd}] float32; outputs: logits, next_state)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,105 @@
+"""Tokens per second of ``spikegpt-deploy profile`` vs plain RNN inference, in the same run.
+
+    python benchmarks/bench_profile.py [MODEL] [--data kjv|PATH] [--tokens N] [--target loihi2]
+
+MODEL defaults to the shipped model; when there is none, a seeded random 4 x 128 char model with
+the corpus's vocabulary is used (its firing rates are not a trained model's, its cost is).
+Prints the plain inference rate, the profiler's rate (whole pipeline: capture, fold, partition,
+spike recording, counting, pricing) with its parts, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from spikegpt_deploy import api  # noqa: E402
+from spikegpt_deploy.data import CharTokenizer, encode_split, load_corpus  # noqa: E402
+from spikegpt_deploy.errors import DeployError  # noqa: E402
+from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig  # noqa: E402
+from spikegpt_deploy.profiling import count_ops, profile_model, record_spikes_pytorch  # noqa
+from spikegpt_deploy.profiling.pricing import price_target  # noqa: E402
+
+
+def _model_and_ids(model_path: str | None, data: str, n: int) -> tuple[SpikeGPT, np.ndarray, str]:
+    corpus = load_corpus(data)
+    try:
+        loaded = api.open_model(model_path)
+        ids = encode_split(api.require_tokenizer(loaded), corpus, "valid")
+        return loaded.model, ids[:n], str(loaded.path)
+    except DeployError as exc:
+        if model_path is not None:
+            raise
+        tok = CharTokenizer.from_text(corpus.train + corpus.valid + corpus.test)
+        torch.manual_seed(0)
+        model = SpikeGPT(SpikeGPTConfig(tok.vocab_size, 4, 128)).eval()
+        with torch.no_grad():
+            for block in model.blocks:          # scale the LIF-feeding weights so LIFs fire
+                block.att.output.weight.mul_(8)
+                block.ffn.value.weight.mul_(8)
+        ids = encode_split(tok, corpus, "valid")
+        return model, ids[:n], f"random 4x128 (no default model: {exc})"
+
+
+@torch.no_grad()
+def _plain_rnn(model: SpikeGPT, ids: np.ndarray) -> float:
+    state = model.init_state(1)
+    tokens = torch.from_numpy(ids)
+    start = time.perf_counter()
+    for t in range(len(ids)):
+        _, state = model.step(tokens[t:t + 1], state)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", default=None)
+    parser.add_argument("--data", default="kjv")
+    parser.add_argument("--tokens", type=int, default=500)
+    parser.add_argument("--target", default="loihi2")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model, ids, name = _model_and_ids(args.model, args.data, args.tokens)
+    n = len(ids)
+    print(f"model {name}: {model.config.n_layer} x {model.config.n_embd}, {n} tokens, "
+          f"target {args.target}")
+    _plain_rnn(model, ids[: min(n, 20)])                     # warm-ups (imports, allocators)
+    profile_model(model, ids[: min(n, 20)], args.target)
+    plain = _plain_rnn(model, ids)
+    start = time.perf_counter()
+    result = profile_model(model, ids, args.target)
+    whole = time.perf_counter() - start
+    # the parts, on the IR the profile used
+    from converters.torch_capture import capture_ir
+    from hw_profiles import load_profile
+    from spikegpt_deploy.partition import partition
+    from spikegpt_deploy.passes.fold import fold_layernorm
+
+    t0 = time.perf_counter()
+    ir = partition(fold_layernorm(capture_ir(model)), load_profile(args.target), "spikes")
+    t1 = time.perf_counter()
+    spikes = record_spikes_pytorch(model, ids)
+    t2 = time.perf_counter()
+    counts = count_ops(ir, spikes)
+    t3 = time.perf_counter()
+    price_target(counts, load_profile(args.target))
+    t4 = time.perf_counter()
+    print(f"plain RNN inference : {n / plain:10.1f} tokens/s")
+    print(f"profile (all steps) : {n / whole:10.1f} tokens/s")
+    print(f"  capture+fold+partition {t1 - t0:.3f} s, record spikes {t2 - t1:.3f} s "
+          f"({n / (t2 - t1):.1f} tokens/s), count {t3 - t2:.3f} s "
+          f"({n / (t3 - t2):.1f} tokens/s), price {t4 - t3:.3f} s")
+    print(f"ratio profile / plain inference (tokens/s): {plain / whole:.3f}")
+    total = result.prices[args.target]["per_token"]["priced_subtotal"]
+    print(f"(per-token energy on {args.target}: {total / 1e3:.1f} nJ)")
+
+
+if __name__ == "__main__":
+    main()

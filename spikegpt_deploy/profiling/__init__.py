@@ -1,0 +1,164 @@
+"""Profiler: measured op counts of a SpikeGPT deployment, priced on hardware profiles.
+
+Steps (one explicit order): capture -> fold_layernorm -> partition (per chip target) -> record
+spikes (PyTorch RNN mode) -> ``count_ops`` -> ``price_target`` / ``price_ann`` /
+``paper_formula`` -> ``ProfileResult`` (written by ``report`` and ``html``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from hw_profiles import HardwareProfile, load_profile
+
+from ..errors import ConversionError, DataError, ProfileError
+from .counts import (HOST_OP_KINDS, OpCounts, ann_op_counts, count_ops, layer_of, op_cost,
+                     record_spikes_pytorch)
+from .pricing import (PAPER_FIRING_RATE, ProfileResult, load_host, paper_formula, price_ann,
+                      price_target)
+
+__all__ = ["HOST_OP_KINDS", "OpCounts", "PAPER_FIRING_RATE", "ProfileResult", "ann_op_counts",
+           "count_ops", "graded_input_trace", "layer_of", "op_cost", "paper_formula",
+           "price_ann", "price_target", "profile_checkpoint", "profile_model",
+           "record_spikes_pytorch"]
+
+log = logging.getLogger(__name__)
+DEFAULT_ANN_PROFILES = ("cmos45nm", "gpu")
+
+
+def _as_profile(p: str | Path | HardwareProfile) -> HardwareProfile:
+    return p if isinstance(p, HardwareProfile) else load_profile(p)
+
+
+def graded_input_trace(ir: Any, token_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Float inputs (T, in) of every chip Linear, from the numpy Executor on the same tokens.
+
+    Graded synaptic ops depend on the values, not only on spikes; the Executor's float arithmetic
+    may flip a rare spike against PyTorch's, so this trace is the IR's own account of the run.
+    """
+    from ..interpreter import Executor
+
+    chip_linears = [n for n in ir.nodes_of("Linear") if ir.node(n)["placement"] != "host"]
+    if not chip_linears:
+        return {}
+    ex = Executor(ir)
+    state = ex.init_state(1)
+    ports = {n: ir.inputs(n)[0] for n in chip_linears}
+    trace: dict[str, list[np.ndarray]] = {n: [] for n in chip_linears}
+    for tok in np.asarray(token_ids, dtype=np.int64).reshape(-1):
+        res = ex.step(np.array([tok]), state, keep_values=True)
+        state = res.state
+        for n, p in ports.items():
+            trace[n].append(res.values[(p.node, p.port)][0])
+    return {n: np.stack(v) for n, v in trace.items()}
+
+
+def _placement(ir: Any) -> tuple[tuple[str, bool], ...]:
+    return tuple(sorted((n, d["placement"] == "host") for n, d in ir.graph.nodes(data=True)))
+
+
+def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
+                  profile: str | Path | HardwareProfile | Sequence[Any] = "loihi2",
+                  policy: str = "spikes", *, host_profile: str | Path | None = None,
+                  ann_profiles: Sequence[str | Path | HardwareProfile] = DEFAULT_ANN_PROFILES,
+                  timesteps: float | None = None, hops: float | None = None,
+                  graded_bits: int = 8, sensitivity_factor: float = 2.0,
+                  meta: Mapping[str, Any] | None = None) -> ProfileResult:
+    """Count and price ``model`` on ``token_ids`` for one or more chip targets.
+
+    The IR is partitioned for every target (a target that cannot run the model is reported as
+    unsupported with the partitioner's reason); targets with the same placement share one count.
+    """
+    from converters.torch_capture import capture_ir
+
+    from ..partition import partition
+    from ..passes.fold import fold_layernorm
+
+    targets = [profile] if isinstance(profile, (str, Path, HardwareProfile)) else list(profile)
+    if not targets:
+        raise ProfileError("no chip target given; pass at least one (e.g. loihi2)")
+    chips = [_as_profile(t) for t in targets]
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    folded = fold_layernorm(capture_ir(model))
+    log.info("recording spikes on %d tokens (RNN mode)", len(ids))
+    spikes = record_spikes_pytorch(model, ids)
+    counts: dict[str, OpCounts] = {}
+    prices: dict[str, dict[str, Any]] = {}
+    done: dict[tuple[tuple[str, bool], ...], OpCounts] = {}
+    for i, chip in enumerate(chips):
+        try:
+            ir = partition(folded, chip, policy, graded_bits)
+        except ConversionError as exc:
+            if i == 0:
+                raise
+            prices[chip.name] = {"target": {"name": chip.name, "title": chip.title,
+                                            "sha256": chip.sha256},
+                                 "complete": False, "per_token": {"total": None},
+                                 "unsupported": [{"what": "placement", "profile": chip.name,
+                                                  "key": "[capability]", "reason": str(exc)}]}
+            continue
+        key = _placement(ir)
+        if key not in done:
+            graded = graded_input_trace(ir, ids) if policy == "graded" else None
+            done[key] = count_ops(ir, spikes, graded)
+        counts[chip.name] = done[key]
+        host = load_host(chip, str(host_profile) if host_profile is not None else None)
+        prices[chip.name] = price_target(done[key], chip, host, timesteps, hops,
+                                         sensitivity_factor)
+    primary = counts[chips[0].name]
+    ann = {p.name: price_ann(primary.ann, p) for p in map(_as_profile, ann_profiles)}
+    paper = paper_formula(primary, {t: p for t, p in prices.items() if t in counts})
+    info = {"model_config": dict(model.config.to_dict()), "tokens": int(len(ids)),
+            "policy": policy, "targets": [c.name for c in chips],
+            "host_profile": str(host_profile) if host_profile else None,
+            "timesteps": timesteps, "hops": hops, "graded_bits": graded_bits,
+            "sensitivity_factor": sensitivity_factor, "recording": "pytorch-rnn",
+            **dict(meta or {})}
+    return ProfileResult(info, counts, prices, ann, paper)
+
+
+def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
+                       targets: Sequence[str] = ("loihi2",), host_profile: str | None = None,
+                       user_profiles: Sequence[str] = (), policy: str = "spikes",
+                       split: str = "valid", **options: Any) -> ProfileResult:
+    """Load a model file (default: the shipped one) and profile it on the first ``tokens``
+    tokens of the ``split`` of ``data``; ``user_profiles`` are TOML files: chip ones add
+    targets, a host one prices the host ops, ann ones add baselines."""
+    from .. import api
+    from ..data import encode_split, load_corpus
+
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise DataError(f"--tokens must be a positive integer, got {tokens!r}")
+    chips: list[Any] = list(targets) or ["loihi2"]
+    anns: list[Any] = list(DEFAULT_ANN_PROFILES)
+    host: Any = host_profile
+    for path in user_profiles:
+        prof = load_profile(Path(path))
+        if prof.role == "chip":
+            chips.append(prof)
+        elif prof.role == "ann":
+            anns.append(prof)
+        elif host is not None:
+            raise ProfileError(f"{path} is a host profile, but --host-profile {host} was given "
+                               f"too; pass only one host profile")
+        else:
+            host = path
+    loaded = api.open_model(model_path)
+    tokenizer = api.require_tokenizer(loaded)
+    corpus = load_corpus(data)
+    ids = encode_split(tokenizer, corpus, split)
+    if len(ids) < tokens:
+        raise DataError(f"the {split} split of {data} has {len(ids)} tokens, fewer than "
+                        f"--tokens {tokens}; ask for fewer tokens or use a longer text")
+    meta = {"model": str(loaded.path), "model_sha256": loaded.sha256, "data": data,
+            "data_sha256": corpus.sha256, "split": split,
+            "options": {"targets": [getattr(c, "name", c) for c in chips],
+                        "host_profile": str(host) if host else None,
+                        "user_profiles": [str(p) for p in user_profiles], "policy": policy,
+                        **options}}
+    return profile_model(loaded.model, ids[:tokens], chips, policy, host_profile=host,
+                         ann_profiles=anns, meta=meta, **options)

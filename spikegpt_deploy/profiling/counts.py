@@ -1,0 +1,557 @@
+"""Operation counts of a partitioned SpikeGPT IR on recorded spikes: measured, never assumed.
+
+``count_ops(ir, spikes)`` is a pure function of the partitioned, folded IR and the binary spikes
+of every population per token, so the spikes of a Lava simulation give the same counts as the
+PyTorch recording when the spikes are identical. It counts, per token and per layer:
+
+- spikes and firing rate of every LIF population and of the binary embedding;
+- synaptic ops of every chip linear: input events x fan-out, the fan-out of input i being the
+  number of non-zero weights in column i (weights are [out, in]). A SpikeLinear fed by a SpikeSum
+  sees the non-zero entries of n_t = sum_j c_j s_j as graded events whose payload is the bits of
+  max |n|; one fed by a population sees its spikes; a chip Linear under policy 'graded' sees the
+  non-zero entries of its float input, which only a value trace (``graded_inputs``) can tell;
+- neuron updates: active = neurons that received input or spiked this token, idle = the rest,
+  for LIF populations, SpikeSum accumulators and the readout compartments of chip linears whose
+  outputs go to the host; ``accumulate_ops`` = spikes delivered into SpikeSum accumulators;
+- on-chip spike messages: each event times the number of chip nodes that read it;
+- chip-host messages and bytes per direction from ``ir.meta['crossings']`` (binary: one message
+  per spike, ceil(log2 width) address bits; integer / graded: one per non-zero value, address plus
+  payload bits; float: one 32-bit word per element). State slots that only chip nodes read and
+  write (LIF membranes) stay on the chip and are excluded, with that reason;
+- host operations by kind from ``op_cost`` (the formula table below); an op without a formula is
+  listed in ``unsupported``, never counted as zero;
+- the dense non-spiking ANN of the same config (``ann_op_counts``), for the baselines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import ConversionError, DataError
+from ..ir import IR, Port
+
+HOST = "host"
+HOST_OP_KINDS = ("mac", "add", "mul", "div", "exp", "sqrt", "max", "compare", "sigmoid",
+                 "lookup_byte")
+PLUMBING = ("Input", "Output", "StateIn", "StateOut")
+FLOAT_BYTES = 4
+LAYER_COUNTERS = ("spikes", "synaptic_ops", "accumulate_ops", "neuron_updates_active",
+                  "neuron_updates_idle", "spike_messages", "payload_bits",
+                  "io_messages_chip_to_host", "io_messages_host_to_chip",
+                  "io_bytes_chip_to_host", "io_bytes_host_to_chip")
+# Per-channel cost of interpreter._wkv: ww=u+k; p=max(pp,ww); e1=exp(pp-p); e2=exp(ww-p);
+# wkv=(e1 aa + e2 v)/(e1 bb + e2); ww=pp+w; p=max(ww,k); e1=exp(ww-p); e2=exp(k-p);
+# aa'=e1 aa + e2 v; bb'=e1 bb + e2  ->  10 add/sub, 6 mul, 2 max, 4 exp, 1 div.
+WKV_PER_CHANNEL = {"add": 10, "mul": 6, "max": 2, "exp": 4, "div": 1}
+
+
+def op_cost(op: str, n: int, weight_shape: tuple[int, ...] | None = None,
+            attrs: Mapping[str, Any] | None = None) -> dict[str, int] | None:
+    """Host operations of one node per sample and token, by kind; None if the op has no formula.
+
+    n: elements of the node's first input. weight_shape: [out, in] of a Linear, [V, C] of an
+    Embedding, (len(w_one),) of a FoldCorrection. Formulas follow interpreter.py and
+    passes/fold.py line by line; constants (1 - mix, 1/tau) count as precomputed.
+    """
+    a = dict(attrs or {})
+    if op in PLUMBING:
+        return {}
+    if op == "Embedding":                       # one row of C float32 read from the table
+        return {"lookup_byte": FLOAT_BYTES * int(weight_shape[1])}  # type: ignore[index]
+    if op == "Heaviside":
+        return {"compare": n}
+    if op == "LayerNormStats":                  # mean: n-1 add, 1 div; var: n sub, n square,
+        return {"add": 3 * n - 1, "mul": n, "div": 2, "sqrt": 1}  # n-1 add, 1 div; +eps, sqrt
+    if op == "LayerNorm":                       # stats + (x - mean) / std * w + b
+        return {"add": 5 * n - 1, "mul": 2 * n, "div": n + 2, "sqrt": 1}
+    if op == "TokenShiftMix":                   # mix * a + (1 - mix) * prev
+        return {"mul": 2 * n, "add": n}
+    if op in ("Linear", "SpikeLinear"):
+        return {"mac": int(np.prod(weight_shape))}  # type: ignore[arg-type]
+    if op == "Sigmoid":
+        return {"sigmoid": n}
+    if op == "ReLU":
+        return {"max": n}
+    if op in ("Square", "Mul", "Scale"):
+        return {"mul": n}
+    if op == "Add":
+        return {"add": n}
+    if op == "WKV":
+        return {k: v * n for k, v in WKV_PER_CHANNEL.items()}
+    if op == "LIF":                             # h = v + (x - v)/tau; s = h >= th; v' = h (1 - s)
+        return {"add": 3 * n, "mul": 2 * n, "compare": n}
+    if op == "SpikeSum":
+        coeffs = list(a.get("coefficients", []))
+        return {"add": (len(coeffs) - 1) * n, "mul": n * sum(c != 1 for c in coeffs)}
+    if op == "FoldCorrection":
+        return _fold_correction_cost(int(weight_shape[0]), a)  # type: ignore[index]
+    return None
+
+
+def _fold_correction_cost(w2: int, a: Mapping[str, Any]) -> dict[str, int]:
+    """passes/fold.py ``fold_correction``: w2 = rows of A (and B), out = rows of this token."""
+    out, c = int(a["out"]), Counter()
+    if a["binary_x0"]:                          # (y_0 - mu0 * w_gamma0) / sigma0 + w_beta0
+        c.update({"mul": w2, "add": 2 * w2, "div": w2})
+    if a["has_counts"]:                         # x0_part + y_n
+        c["add"] += w2
+    if float(a["scale"]) != 1.0:                # scale * total
+        c["mul"] += w2
+    c.update({"mul": w2, "add": w2, "div": w2})  # (... - mu * w_one) / sigma
+    c["add"] += out                             # + w_beta[:out]
+    if a["has_shift"]:                          # + prev; next shift = cur[out:] + w_beta[out:]
+        c["add"] += out + (w2 - out)
+    return dict(c)
+
+
+def layer_of(module: str) -> str:
+    """'blocks.3.att.key' -> 'blocks.3'; emb -> 'emb'; head and ln_out -> 'head'; else 'other'."""
+    parts = module.split(".")
+    if parts[0] == "blocks" and len(parts) > 1:
+        return f"blocks.{parts[1]}"
+    if parts[0] in ("emb", "head", "ln_out"):
+        return "head" if parts[0] == "ln_out" else parts[0]
+    return "other"
+
+
+def _layer_order(names: set[str]) -> list[str]:
+    def key(name: str) -> tuple[int, int]:
+        if name == "emb":
+            return (0, 0)
+        if name.startswith("blocks."):
+            return (1, int(name.split(".")[1]))
+        return (2, 0) if name == "head" else (3, 0)
+    return sorted(names, key=key)
+
+
+@dataclass
+class OpCounts:
+    """Everything ``count_ops`` measured; plain JSON types only (see the module docstring).
+
+    ``layer_totals`` and ``populations`` hold sums over all ``tokens``; ``host_ops`` and ``ann``
+    are per token (dense ops do not depend on the spikes).
+    """
+
+    tokens: int
+    target: str
+    policy: str
+    layers: list[str]
+    populations: dict[str, dict[str, Any]]
+    linears: dict[str, dict[str, Any]]
+    accumulators: dict[str, dict[str, Any]]
+    crossings: list[dict[str, Any]]
+    layer_totals: dict[str, dict[str, float]]
+    host_ops: dict[str, dict[str, int]]
+    per_token: dict[str, list[float]]
+    pipeline: dict[str, Any]
+    mapping: dict[str, int]
+    ann: dict[str, Any]
+    unsupported: list[dict[str, str]] = field(default_factory=list)
+
+    def per_token_layer(self, layer: str) -> dict[str, float]:
+        """The chip and I/O counters of one layer divided by the token count."""
+        return {k: v / self.tokens for k, v in self.layer_totals.get(layer, {}).items()}
+
+    def firing_rate(self, population: str) -> float:
+        return float(self.populations[population]["rate"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "OpCounts":
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(data) - {"unsupported"})
+        if missing:
+            raise DataError(f"op counts: missing key(s) {missing}; the file was not written by "
+                            f"this version of spikegpt-deploy profile")
+        return cls(**{k: data[k] for k in names if k in data})
+
+
+def _width(ir: IR, node: str, input_port: int = 0) -> int:
+    for _, _, d in ir.in_edges(node):
+        if d["dst_port"] == input_port:
+            if d.get("shape") is None:
+                raise ConversionError(f"IR edge into '{node}' has no shape; run partition() "
+                                      f"(it annotates shapes) before counting")
+            return int(np.prod(d["shape"]))
+    raise ConversionError(f"IR node '{node}' has no input {input_port}")
+
+
+def _normalise_spikes(spikes: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+    out: dict[str, np.ndarray] = {}
+    tokens = None
+    for name, raw in spikes.items():
+        arr = raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
+        if arr.ndim == 3:
+            arr = arr.reshape(-1, arr.shape[-1])   # (B, T, C) -> (B*T, C): B streams of T tokens
+        if arr.ndim != 2:
+            raise DataError(f"spikes of '{name}': expected (T, C) or (B, T, C), found shape "
+                            f"{tuple(arr.shape)}")
+        if arr.size and not np.isin(arr, (0, 1)).all():
+            raise DataError(f"spikes of '{name}' are not binary (found values other than 0/1)")
+        if tokens is not None and arr.shape[0] != tokens:
+            raise DataError(f"spikes of '{name}' cover {arr.shape[0]} tokens, others {tokens}; "
+                            f"record every population over the same tokens")
+        tokens = arr.shape[0]
+        out[name] = arr.astype(bool)
+    if not tokens:
+        raise DataError("no spikes recorded (no population, or zero tokens)")
+    return out, tokens
+
+
+def _payload_bits(counts: np.ndarray) -> int:
+    """Bits of the largest |n| (plus a sign bit if any n < 0); 0 when every n is 0 or 1."""
+    if not counts.size:
+        return 0
+    hi, lo = int(counts.max()), int(counts.min())
+    if lo >= 0 and hi <= 1:
+        return 0
+    return max(abs(hi), abs(lo)).bit_length() + (1 if lo < 0 else 0)
+
+
+def _reached(active: np.ndarray, nz: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """(T, out) bool: outputs that receive at least one synaptic event in each token."""
+    if nz.all():
+        return np.repeat(active.any(axis=1, keepdims=True), nz.shape[0], axis=1)
+    nzf = nz.T.astype(np.float32)
+    out = np.empty((active.shape[0], nz.shape[0]), dtype=bool)
+    for s in range(0, active.shape[0], chunk):
+        out[s:s + chunk] = (active[s:s + chunk].astype(np.float32) @ nzf) > 0
+    return out
+
+
+def _resident_slots(ir: IR) -> set[str]:
+    """State slots read and written only by chip nodes (e.g. LIF membranes): they never leave."""
+    chip = {n for n in ir.graph if ir.node(n).get("placement", HOST) != HOST}
+    slots = set()
+    for n in ir.nodes_of("StateIn"):
+        slot = ir.node(n)["attrs"]["state"]
+        readers = {v for v, _ in ir.consumers(n)}
+        writers = [ir.inputs(m)[0].node for m in ir.nodes_of("StateOut")
+                   if ir.node(m)["attrs"]["state"] == slot]
+        if readers and readers <= chip and writers and set(writers) <= chip:
+            slots.add(slot)
+    return slots
+
+
+def _pipeline(ir: IR, order: list[str], chip: set[str]) -> dict[str, Any]:
+    """Chip nodes and chip segments (chip/host alternations) along the longest path."""
+    depth: dict[str, int] = {}
+    segs: dict[str, int] = {}
+
+    def chip_op(n: str) -> bool:
+        return n in chip and ir.node(n)["op"] not in PLUMBING
+
+    for n in order:
+        preds = [p.node for p in ir.inputs(n)]
+        on = n in chip and ir.node(n)["op"] not in PLUMBING
+        depth[n] = max((depth[p] for p in preds), default=0) + int(on)
+        segs[n] = max((segs[p] + int(on and not chip_op(p)) for p in preds), default=int(on))
+    return {"chip_depth": max(depth.values(), default=0),
+            "chip_segments": max(segs.values(), default=0)}
+
+
+class _Run:
+    """The state of one ``count_ops`` call: event arrays per port and the running totals."""
+
+    def __init__(self, ir: IR, pops: dict[str, np.ndarray], T: int,
+                 graded_inputs: Mapping[str, Any] | None):
+        self.ir, self.pops, self.T, self.graded = ir, pops, T, graded_inputs
+        self.order = ir.topological()
+        self.chip = {n for n in self.order if ir.node(n)["placement"] != HOST}
+        self.layers = _layer_order({layer_of(ir.node(n)["module"]) for n in self.order}
+                                   - {"other"})
+        self.totals: dict[str, Counter] = {k: Counter() for k in self.layers + ["other"]}
+        self.per_token = {k: np.zeros(T) for k in ("synaptic_ops", "spike_messages", "io_bytes")}
+        self.unsupported: list[dict[str, str]] = []
+        self.events: dict[Port, np.ndarray] = {}   # (T, width) events per port read on chip
+        self.payload: dict[str, int] = {}
+        self.populations: dict[str, dict[str, Any]] = {}
+        self.linears: dict[str, dict[str, Any]] = {}
+        self.accumulators: dict[str, dict[str, Any]] = {}
+        self.reached: dict[str, np.ndarray] = {}   # chip LIF -> (T, C) reached by synapses
+        self.mapping: Counter = Counter()
+
+    def skip(self, n: str, reason: str) -> None:
+        self.unsupported.append({"what": f"{'chip' if n in self.chip else 'host'} node {n}",
+                                 "op": self.ir.node(n)["op"], "reason": reason})
+
+    def chip_readers(self, port: Port) -> list[str]:
+        return sorted({v for v, _ in self.ir.consumers(port.node, port.port) if v in self.chip})
+
+    def emit(self, port: Port, layer: str, bits: int = 0) -> None:
+        """Messages of the events at ``port``: one per event per chip node that reads it."""
+        msgs = (self.events[port] != 0).sum(axis=1) * len(self.chip_readers(port))
+        self.totals[layer]["spike_messages"] += int(msgs.sum())
+        self.totals[layer]["payload_bits"] += int(msgs.sum()) * bits
+        self.per_token["spike_messages"] += msgs
+
+    def population(self, n: str, d: dict[str, Any], layer: str) -> None:
+        name = d["module"] if d["op"] == "LIF" else "emb"
+        width = _width(self.ir, n)
+        if name not in self.pops:
+            raise DataError(f"no spikes for population '{name}' (IR node '{n}'); recorded: "
+                            f"{', '.join(sorted(self.pops)) or 'none'}")
+        s = self.pops[name]
+        if s.shape[1] != width:
+            raise DataError(f"spikes of '{name}' have {s.shape[1]} neurons, the IR node '{n}' "
+                            f"has {width}")
+        self.events[Port(n, 0)] = s
+        count = s.sum(axis=1)
+        self.populations[name] = {
+            "node": n, "op": d["op"], "layer": layer, "placement": d["placement"],
+            "neurons": width, "spikes": int(count.sum()), "rate": float(count.sum()) / s.size,
+            "spikes_per_token": count.astype(int).tolist()}
+        self.totals[layer]["spikes"] += int(count.sum())
+        if n in self.chip or self.chip_readers(Port(n, 0)):
+            self.emit(Port(n, 0), layer)
+
+    def spike_sum(self, n: str, d: dict[str, Any], layer: str) -> None:
+        srcs = self.ir.inputs(n)
+        if any(p not in self.events for p in srcs):
+            return self.skip(n, "a SpikeSum input is not a recorded population")
+        coeffs = d["attrs"]["coefficients"]
+        n_t = sum(int(c) * self.events[p].astype(np.int64) for c, p in zip(coeffs, srcs))
+        got = np.any([self.events[p] != 0 for p in srcs], axis=0)
+        self.events[Port(n, 0)] = n_t
+        self.payload[n] = _payload_bits(n_t)
+        acc = int(sum((self.events[p] != 0).sum() for p in srcs))
+        active, width = int(got.sum()), n_t.shape[1]
+        self.accumulators[n] = {
+            "module": d["module"], "layer": layer, "neurons": width,
+            "inputs": [p.node for p in srcs], "coefficients": list(coeffs), "accumulate_ops": acc,
+            "events": int((n_t != 0).sum()), "max_count": int(np.abs(n_t).max()),
+            "payload_bits": self.payload[n], "active": active, "idle": got.size - active,
+            "readers": self.chip_readers(Port(n, 0))}
+        self.totals[layer].update({"accumulate_ops": acc, "neuron_updates_active": active,
+                                   "neuron_updates_idle": got.size - active})
+        self.mapping.update({"neurons": width, "synapses": width * len(srcs)})
+        self.emit(Port(n, 0), layer, self.payload[n])
+
+    def linear(self, n: str, d: dict[str, Any], layer: str) -> None:
+        (src,) = self.ir.inputs(n)
+        W = d["params"]["weight"]
+        nz = W != 0
+        if d["op"] == "Linear":                    # graded input from the host: needs values
+            x = None if self.graded is None else self.graded.get(n)
+            if x is None:
+                return self.skip(n, "graded synaptic ops need the float input values: pass "
+                                    "graded_inputs (a value trace of the numpy Executor)")
+            x = np.asarray(x).reshape(-1, W.shape[1])
+            if x.shape[0] != self.T:
+                raise DataError(f"graded inputs of '{n}' cover {x.shape[0]} tokens, the spikes "
+                                f"{self.T}")
+            self.events[src] = x
+            kind, bits = "graded", int(d["attrs"].get("graded_bits", 8))
+            self.emit(src, layer, bits)
+        elif src in self.events:
+            kind = "integer" if self.ir.node(src.node)["op"] == "SpikeSum" else "binary"
+            bits = self.payload.get(src.node, 0)
+        else:
+            return self.skip(n, "its input is not a recorded population or a SpikeSum of them")
+        active_in = self.events[src] != 0
+        syn = active_in.astype(np.int64) @ nz.sum(axis=0).astype(np.int64)
+        hit = _reached(active_in, nz)
+        entry = {"module": d["module"], "layer": layer, "input": kind, "source": src.node,
+                 "weight_shape": list(W.shape), "weight_nnz": int(nz.sum()),
+                 "events": int(active_in.sum()), "synaptic_ops": int(syn.sum()),
+                 "payload_bits": bits, "readout_active": 0, "readout_idle": 0}
+        self.mapping["synapses"] += int(nz.sum())
+        readers = self.chip_readers(Port(n, 0))
+        for r in readers:                          # chip neurons (a LIF) integrate the output
+            self.reached[r] = self.reached.get(r, np.zeros_like(hit)) | hit
+        if not readers:                            # read by the host: readout compartments
+            entry.update(readout_active=int(hit.sum()), readout_idle=int(hit.size - hit.sum()))
+            self.totals[layer].update({"neuron_updates_active": entry["readout_active"],
+                                       "neuron_updates_idle": entry["readout_idle"]})
+            self.mapping["neurons"] += W.shape[0]
+        self.linears[n] = entry
+        self.totals[layer]["synaptic_ops"] += int(syn.sum())
+        self.per_token["synaptic_ops"] += syn
+
+    def lif_updates(self) -> None:
+        """Active = received input (all, for a dense float input from the host) or spiked."""
+        for name, pop in self.populations.items():
+            n = pop["node"]
+            if n not in self.chip or pop["op"] != "LIF":
+                continue
+            s = self.pops[name]
+            src = self.ir.inputs(n)[0]
+            from_host = src.node not in self.chip
+            got = self.reached.get(n, np.full(s.shape, from_host))
+            active = int((got | s).sum())
+            pop.update(active_updates=active, idle_updates=s.size - active,
+                       input_from="host (dense float)" if from_host else "chip")
+            self.totals[pop["layer"]].update({"neuron_updates_active": active,
+                                              "neuron_updates_idle": s.size - active})
+            self.mapping["neurons"] += s.shape[1]
+
+    def host_ops(self) -> dict[str, Counter]:
+        out: dict[str, Counter] = {k: Counter() for k in self.layers + ["other"]}
+        for n in self.order:
+            d = self.ir.node(n)
+            if n in self.chip:
+                continue
+            shape = d["params"]["weight"].shape if "weight" in d["params"] else (
+                (len(d["params"]["w_one"]),) if "w_one" in d["params"] else None)
+            width = _width(self.ir, n) if self.ir.inputs(n) else 1
+            cost = op_cost(d["op"], width, shape, d["attrs"])
+            if cost is None:
+                self.skip(n, f"no host cost formula for op {d['op']}")
+                continue
+            out[layer_of(d["module"])].update(cost)
+        return out
+
+
+def count_ops(ir: IR, spikes: Mapping[str, Any],
+              graded_inputs: Mapping[str, Any] | None = None) -> OpCounts:
+    """Count the work of one partitioned IR on the given spikes (see the module docstring).
+
+    spikes: population name (``emb``, ``blocks.{i}.lif1``, ...) -> (T, C) or (B, T, C) binary.
+    graded_inputs: chip Linear node id -> (T, in) float inputs per token (policy 'graded' only).
+    """
+    part = ir.meta.get("partition")
+    if not part or any("placement" not in d for _, d in ir.graph.nodes(data=True)):
+        raise ConversionError("count_ops needs a partitioned IR: run fold_layernorm and "
+                              "partition(ir, profile, policy) first")
+    pops, T = _normalise_spikes(spikes)
+    run = _Run(ir, pops, T, graded_inputs)
+    for n in run.order:
+        d = ir.node(n)
+        if d["op"] in ("LIF", "Heaviside"):
+            run.population(n, d, layer_of(d["module"]))
+    for n in run.order:
+        d = ir.node(n)
+        if n not in run.chip or d["op"] in PLUMBING:   # chip-resident state lives in neurons
+            continue
+        layer = layer_of(d["module"])
+        if d["op"] == "SpikeSum":
+            run.spike_sum(n, d, layer)
+        elif d["op"] in ("SpikeLinear", "Linear"):
+            run.linear(n, d, layer)
+        elif d["op"] != "LIF":
+            run.skip(n, f"no chip cost model for op {d['op']}")
+    run.lif_updates()
+    crossings = _count_crossings(ir, run.events, run.payload, graded_inputs, T, run.totals,
+                                 run.per_token, run.unsupported)
+    host_ops = run.host_ops()
+    layers = list(run.layers)
+    if run.totals["other"] or host_ops["other"]:
+        layers.append("other")
+    return OpCounts(
+        tokens=T, target=str(part["target"]), policy=str(part["policy"]), layers=layers,
+        populations=run.populations, linears=run.linears, accumulators=run.accumulators,
+        crossings=crossings,
+        layer_totals={k: {c: float(run.totals[k].get(c, 0)) for c in LAYER_COUNTERS}
+                      for k in layers},
+        host_ops={k: dict(sorted(host_ops[k].items())) for k in layers},
+        per_token={k: v.tolist() for k, v in run.per_token.items()},
+        pipeline=_pipeline(ir, run.order, run.chip), mapping=dict(run.mapping),
+        ann=ann_op_counts(ir.config), unsupported=run.unsupported)
+
+
+def _count_crossings(ir: IR, events: dict[Port, np.ndarray], payload: dict[str, int],
+                     graded_inputs: Mapping[str, Any] | None, T: int,
+                     totals: dict[str, Counter], per_token: dict[str, np.ndarray],
+                     unsupported: list[dict[str, str]]) -> list[dict[str, Any]]:
+    resident = _resident_slots(ir)
+    out = []
+    for c in ir.meta.get("crossings", []):
+        src, port, width = c["source"], int(c["port"]), int(c["width"])
+        sd = ir.node(src)
+        readers = [ir.node(r) for r in c["readers"]]
+        entry = {k: c[k] for k in ("source", "port", "direction", "value_class", "width")}
+        entry.update(layer=layer_of(sd["module"]), messages=0, bytes=0.0, excluded="")
+        slot = sd["attrs"].get("state") if sd["op"] == "StateIn" else None
+        if slot in resident or (readers and all(r["op"] == "StateOut" and r["attrs"]["state"]
+                                                in resident for r in readers)):
+            entry["excluded"] = "chip-resident state (read and written only on the chip)"
+            out.append(entry)
+            continue
+        addr = max(1, math.ceil(math.log2(width))) if width > 1 else 1
+        cls = c["value_class"]
+        if cls in ("binary", "integer"):
+            ev = events.get(Port(src, port))
+            if ev is None:
+                unsupported.append({"what": f"crossing {src}:{port}", "op": sd["op"],
+                                    "reason": f"{cls} crossing from a node without events"})
+                continue
+            msgs = (ev != 0).sum(axis=1)
+            bits = msgs * (addr + (payload.get(src, 0) if cls == "integer" else 0))
+        elif cls == "graded":
+            x = None if graded_inputs is None else graded_inputs.get(c["readers"][0])
+            if x is None:
+                unsupported.append({"what": f"crossing {src}:{port}", "op": sd["op"],
+                                    "reason": "graded crossing needs graded_inputs"})
+                continue
+            msgs = (np.asarray(x).reshape(T, -1) != 0).sum(axis=1)
+            bits = msgs * (addr + int(c["bits_per_element"]))
+        else:                                   # dense vector: one word per element
+            msgs = np.full(T, width)
+            bits = msgs * int(c["bits_per_element"])
+        entry["messages"], entry["bytes"] = int(msgs.sum()), float(bits.sum()) / 8
+        direction = c["direction"]
+        totals[entry["layer"]][f"io_messages_{direction}"] += entry["messages"]
+        totals[entry["layer"]][f"io_bytes_{direction}"] += entry["bytes"]
+        per_token["io_bytes"] += bits / 8
+        out.append(entry)
+    return out
+
+
+def ann_op_counts(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-token ops of the same model as a dense non-spiking ANN (RWKV-4: LIFs are identities).
+
+    Every linear is a MAC (13 C^2 per block, 18 C^2 for an ffnPre block 0, V C for the head), plus
+    the float ops of ``op_cost``; it equals ``op_cost`` summed over the captured IR of the model
+    with ``spiking = False`` (tests check this).
+    """
+    C, V, L = int(config["n_embd"]), int(config["vocab_size"]), int(config["n_layer"])
+    k = int(config.get("rescale_every", 0))
+    layers: dict[str, Counter] = {"emb": Counter(op_cost("Embedding", 1, (V, C)))}
+    if config.get("binary_embedding"):
+        layers["emb"].update(op_cost("Heaviside", C))
+    channel_mix = [("TokenShiftMix", C, None)] * 2 + [
+        ("Linear", C, (4 * C, C)), ("Linear", C, (C, C)), ("ReLU", 4 * C, None),
+        ("Square", 4 * C, None), ("Linear", 4 * C, (C, 4 * C)), ("Sigmoid", C, None),
+        ("Mul", C, None)]
+    time_mix = [("TokenShiftMix", C, None)] * 3 + [("Linear", C, (C, C))] * 3 + [
+        ("Sigmoid", C, None), ("WKV", C, None), ("Mul", C, None), ("Linear", C, (C, C))]
+    for i in range(L):
+        ops = [("LayerNorm", C, None)] if i == 0 else []
+        ops += [("LayerNorm", C, None)]
+        first = channel_mix if (i == 0 and config.get("model_type") == "RWKV-ffnPre") else time_mix
+        scale = [("Scale", C, None)] if (k and i // k) else []
+        ops += first + scale + [("Add", C, None), ("LayerNorm", C, None)] + channel_mix + scale
+        ops += [("Add", C, None)] + ([("Scale", C, None)] if k and (i + 1) % k == 0 else [])
+        layers[f"blocks.{i}"] = Counter()
+        for op, n, shape in ops:
+            layers[f"blocks.{i}"].update(op_cost(op, n, shape))
+    layers["head"] = Counter(op_cost("LayerNorm", C)) + Counter(op_cost("Linear", C, (V, C)))
+    total = sum(layers.values(), Counter())
+    return {"layers": {k2: dict(sorted(v.items())) for k2, v in layers.items()},
+            "total": dict(sorted(total.items())), "macs": int(total["mac"])}
+
+
+@torch.no_grad()
+def record_spikes_pytorch(model: Any, token_ids: Any) -> dict[str, np.ndarray]:
+    """Run ``model`` in RNN mode over ``token_ids`` (one stream from the zero state) and return
+    the spikes of every population as (T, C) uint8: the fast path of the profiler."""
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    vocab = int(model.config.vocab_size)
+    if ids.size == 0:
+        raise DataError("no tokens to record spikes on")
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise DataError(f"token ids must be in [0, {vocab}), found {ids.min()}..{ids.max()}")
+    state = model.init_state(1)
+    tokens = torch.from_numpy(ids)
+    with model.record_spikes() as rec:
+        for t in range(len(ids)):
+            _, state = model.step(tokens[t:t + 1], state)
+    return {name: s[0].numpy() for name, s in rec.spikes().items()}

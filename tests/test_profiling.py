@@ -1,0 +1,383 @@
+"""Profiler: measured counts, host-op formulas, pricing, the paper's formula, JSON and the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from converters.torch_capture import capture_ir
+from hw_profiles import builtin_profile_dir, load_profile
+from spikegpt_deploy.checkpoint import save_model
+from spikegpt_deploy.cli import main
+from spikegpt_deploy.data import CharTokenizer
+from spikegpt_deploy.errors import ConversionError, DataError
+from spikegpt_deploy.interpreter import FLOAT_OPS, Executor, annotate_shapes
+from spikegpt_deploy.ir import IR, Port
+from spikegpt_deploy.partition import partition
+from spikegpt_deploy.passes.fold import fold_layernorm
+from spikegpt_deploy.profiling import (ann_op_counts, count_ops, graded_input_trace, op_cost,
+                                       profile_model, record_spikes_pytorch)
+from spikegpt_deploy.profiling.report import (load_json, render_table, write_csvs,
+                                              write_json)
+
+from conftest import make_tiny_model, random_text
+
+SCALE = 8.0  # x8 on att.output / ffn.value so the LIFs fire in a width-16 model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return make_tiny_model(n_layer=2, n_embd=16, scale=SCALE)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return np.random.RandomState(0).randint(0, 13, 40)
+
+
+def _chip_ir(model):
+    return partition(fold_layernorm(capture_ir(model)), load_profile("loihi2"), "spikes")
+
+
+# ---- a hand-checkable IR ------------------------------------------------------------------------
+def _hand_ir() -> IR:
+    """tokens -> Embedding (5 x 4) -> Heaviside 'emb' -> SpikeSum(emb + 2 lif) -> SpikeLinear (3 x 4)
+    -> logits; the LIF 'blocks.0.lif1' reads the float embedding row."""
+    ir = IR({"vocab_size": 5, "n_embd": 4, "n_layer": 1, "binary_embedding": True})
+    ir.add_node("tokens", "Input", attrs={"name": "tokens"})
+    ir.add_node("emb", "Embedding", [Port("tokens")], module="emb",
+                params={"weight": np.arange(20, dtype=np.float32).reshape(5, 4) - 8})
+    ir.add_node("emb.heaviside", "Heaviside", [Port("emb")], module="emb")
+    ir.add_node("state_in.lif1_v.0", "StateIn", attrs={"state": "lif1_v.0", "init": 0.0},
+                module="blocks.0")
+    ir.add_node("blocks.0.lif1", "LIF", [Port("emb"), Port("state_in.lif1_v.0")],
+                module="blocks.0.lif1", attrs={"threshold": 1.0, "tau": 2.0})
+    ir.add_node("state_out.lif1_v.0", "StateOut", [Port("blocks.0.lif1", 1)],
+                attrs={"state": "lif1_v.0"}, module="blocks.0")
+    ir.add_node("ln_out.counts", "SpikeSum", [Port("emb.heaviside"), Port("blocks.0.lif1")],
+                module="ln_out", attrs={"coefficients": [1, 2]})
+    W = np.array([[1, 0, 2, 0], [0, 0, 1, 0], [3, 0, 0, -1]], dtype=np.float32)
+    ir.add_node("head.spikes", "SpikeLinear", [Port("ln_out.counts")], module="head",
+                params={"weight": W}, attrs={"source": "stream_counts"})
+    ir.add_node("logits", "Output", [Port("head.spikes")], attrs={"name": "logits"})
+    return partition(ir, load_profile("loihi2"), "spikes")
+
+
+HAND_SPIKES = {"emb": np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]]),
+               "blocks.0.lif1": np.array([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]])}
+
+
+def test_hand_counts_match_hand_arithmetic():
+    c = count_ops(_hand_ir(), HAND_SPIKES)
+    # n = emb + 2 lif = [[1,2,3,0],[0,0,0,2],[1,1,1,1]]; column nnz of W = [2,0,2,1]
+    lin = c.linears["head.spikes"]
+    assert lin["input"] == "integer" and lin["events"] == 3 + 1 + 4
+    assert lin["synaptic_ops"] == (2 + 0 + 2) + 1 + (2 + 0 + 2 + 1) == 10
+    assert c.per_token["synaptic_ops"] == [4, 1, 5]
+    assert lin["payload_bits"] == 2                           # max |n| = 3
+    assert (lin["readout_active"], lin["readout_idle"]) == (3 + 1 + 3, 9 - 7)
+    acc = c.accumulators["ln_out.counts"]
+    assert acc["accumulate_ops"] == 6 + 3 and (acc["active"], acc["idle"]) == (8, 4)
+    lif = c.populations["blocks.0.lif1"]
+    assert (lif["active_updates"], lif["idle_updates"]) == (12, 0)   # dense float input
+    assert lif["rate"] == pytest.approx(3 / 12) and c.populations["emb"]["rate"] == 0.5
+    head = c.layer_totals["head"]
+    assert head["spike_messages"] == 8 and head["payload_bits"] == 16
+    assert c.layer_totals["emb"]["spike_messages"] == 6
+    assert c.layer_totals["blocks.0"]["spike_messages"] == 3
+    by_src = {(x["source"], x["direction"]): x for x in c.crossings}
+    emb_in = by_src[("emb.heaviside", "host_to_chip")]
+    assert (emb_in["messages"], emb_in["bytes"]) == (6, 6 * 2 / 8)   # 2 address bits
+    assert (by_src[("emb", "host_to_chip")]["messages"], by_src[("emb", "host_to_chip")]["bytes"]) \
+        == (12, 48.0)
+    assert by_src[("head.spikes", "chip_to_host")]["bytes"] == 36.0
+    assert c.host_ops["emb"] == {"lookup_byte": 16, "compare": 4}
+    assert c.pipeline == {"chip_depth": 3, "chip_segments": 1}
+    assert not c.unsupported
+
+
+def test_bad_inputs_raise_our_errors():
+    ir = _hand_ir()
+    with pytest.raises(DataError, match="no spikes for population 'blocks.0.lif1'"):
+        count_ops(ir, {"emb": HAND_SPIKES["emb"]})
+    with pytest.raises(DataError, match="not binary"):
+        count_ops(ir, {**HAND_SPIKES, "emb": HAND_SPIKES["emb"] * 2})
+    with pytest.raises(DataError, match="same tokens"):
+        count_ops(ir, {**HAND_SPIKES, "emb": HAND_SPIKES["emb"][:2]})
+    bare = _hand_ir()
+    del bare.meta["partition"]
+    with pytest.raises(ConversionError, match="partitioned"):
+        count_ops(bare, HAND_SPIKES)
+
+
+# ---- counts on a real tiny model ----------------------------------------------------------------
+def test_firing_rates_equal_the_recorders(tiny, ids):
+    state = tiny.init_state(1)
+    with torch.no_grad(), tiny.record_spikes() as rec:
+        for t in ids:
+            _, state = tiny.step(torch.tensor([int(t)]), state)
+    ref = {k: v.sum().item() / v.numel() for k, v in rec.spikes().items()}
+    counts = count_ops(_chip_ir(tiny), record_spikes_pytorch(tiny, ids))
+    assert set(counts.populations) == set(ref) == set(tiny.population_names())
+    for name, rate in ref.items():
+        assert counts.populations[name]["rate"] == rate
+    assert any(counts.populations[n]["rate"] > 0 for n in ref if n != "emb")
+
+
+def test_synaptic_ops_equal_a_plain_loop(ids):
+    model = make_tiny_model(n_layer=1, n_embd=16, scale=SCALE, seed=3)
+    ir = _chip_ir(model)
+    spikes = record_spikes_pytorch(model, ids)
+    counts = count_ops(ir, spikes)
+    for node in ir.nodes_of("SpikeLinear"):
+        (src,) = ir.inputs(node)
+        W = ir.node(node)["params"]["weight"]
+        if ir.node(src.node)["op"] == "SpikeSum":
+            coeffs = ir.node(src.node)["attrs"]["coefficients"]
+            pops = [ir.node(p.node)["module"] if ir.node(p.node)["op"] == "LIF" else "emb"
+                    for p in ir.inputs(src.node)]
+        else:
+            coeffs, pops = [1], ["emb"]
+        expected = 0
+        for t in range(len(ids)):
+            for i in range(W.shape[1]):
+                if sum(c * int(spikes[p][t, i]) for c, p in zip(coeffs, pops)) != 0:
+                    expected += sum(1 for o in range(W.shape[0]) if W[o, i] != 0)
+        assert counts.linears[node]["synaptic_ops"] == expected, node
+    assert count_ops(ir, spikes).to_dict() == counts.to_dict()   # a pure function
+
+
+# ---- host-op formulas: independent count of the interpreter's numpy calls -----------------------
+KIND_OF_UFUNC = {"add": "add", "subtract": "add", "multiply": "mul", "square": "mul",
+                 "true_divide": "div", "divide": "div", "maximum": "max", "exp": "exp",
+                 "sqrt": "sqrt", "greater_equal": "compare", "matmul": "mac", "negative": "neg"}
+
+
+class Counted(np.ndarray):
+    """An array that counts the elementwise numpy operations done on it (x*1 and x+0 are free)."""
+
+    ops: Counter = Counter()
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        raw = [np.asarray(x) if isinstance(x, Counted) else x for x in inputs]
+        if kwargs.get("out") is not None:
+            kwargs["out"] = tuple(np.asarray(o) for o in kwargs["out"])
+        result = getattr(ufunc, method)(*raw, **kwargs)
+        trivial = any(np.ndim(x) == 0 and ((ufunc is np.multiply and x == 1)
+                                           or (ufunc is np.add and x == 0)) for x in raw)
+        if not trivial:
+            if method == "reduce":
+                n = np.size(raw[0]) - np.size(result)
+            elif ufunc is np.matmul:
+                n = np.size(result) * np.shape(raw[0])[-1]
+            else:
+                n = np.size(result)
+            Counted.ops[KIND_OF_UFUNC.get(ufunc.__name__, ufunc.__name__)] += n
+        return np.asarray(result).view(Counted) if isinstance(result, np.ndarray) else result
+
+
+def _expand(cost):
+    out = Counter(cost)
+    n = out.pop("sigmoid", 0)
+    out.update({"neg": n, "exp": n, "add": n, "div": n})
+    out.pop("lookup_byte", None)
+    return +out
+
+
+@pytest.mark.parametrize("config", [{}, {"rescale_every": 1, "n_layer": 2},
+                                    {"binary_embedding": False}])
+def test_host_op_formulas_equal_counted_numpy_ops(config):
+    kw = {"n_layer": 1, "n_embd": 8, "scale": SCALE, **config}
+    model = make_tiny_model(**kw)
+    ir = _chip_ir(model)
+    ir_host = annotate_shapes(capture_ir(model))      # unfolded: LayerNorm, Linear, LIF on host
+    seen = set()
+    for graph in (ir, ir_host):
+        res = Executor(graph).step(np.array([3]), Executor(graph).init_state(1), keep_values=True)
+        for n in graph.topological():
+            d = graph.node(n)
+            if d["op"] in ("Input", "Output", "StateIn", "StateOut", "Embedding"):
+                continue
+            ins = [np.asarray(res.values[(p.node, p.port)]).view(Counted) for p in graph.inputs(n)]
+            Counted.ops = Counter()
+            FLOAT_OPS[d["op"]](d, ins)
+            shape = d["params"]["weight"].shape if "weight" in d["params"] else (
+                (len(d["params"]["w_one"]),) if "w_one" in d["params"] else None)
+            width = int(np.prod([e for e in graph.in_edges(n)][0][2]["shape"]))
+            assert _expand(op_cost(d["op"], width, shape, d["attrs"])) == +Counted.ops, n
+            seen.add(d["op"])
+    expected = {"LayerNorm", "LayerNormStats", "FoldCorrection", "WKV", "Linear", "SpikeSum",
+                "LIF", "TokenShiftMix", "Sigmoid", "ReLU", "Square", "Mul", "Add"}
+    expected |= {"Scale"} if config.get("rescale_every") else set()
+    expected |= {"SpikeLinear", "Heaviside"} if config.get("binary_embedding", True) else set()
+    assert expected <= seen
+
+
+def test_op_cost_literals_and_unknown_op():
+    assert op_cost("WKV", 4) == {"add": 40, "mul": 24, "max": 8, "exp": 16, "div": 4}
+    assert op_cost("LayerNorm", 4) == {"add": 19, "mul": 8, "div": 6, "sqrt": 1}
+    assert op_cost("Linear", 4, (3, 4)) == {"mac": 12}
+    assert op_cost("Softmax", 4) is None
+
+
+@pytest.mark.parametrize("config", [{}, {"model_type": "RWKV-ffnPre"},
+                                    {"rescale_every": 1, "binary_embedding": False}])
+def test_ann_baseline_equals_the_captured_non_spiking_model(config):
+    model = make_tiny_model(n_layer=2, n_embd=8, **config)
+    model = type(model)(model.config.replace(spiking=False))
+    ir = annotate_shapes(capture_ir(model))
+    total = Counter()
+    for n in ir.topological():
+        d = ir.node(n)
+        shape = d["params"]["weight"].shape if "weight" in d["params"] else None
+        width = int(np.prod(ir.in_edges(n)[0][2]["shape"])) if ir.inputs(n) else 1
+        total.update(op_cost(d["op"], width, shape, d["attrs"]))
+    ann = ann_op_counts(model.config.to_dict())
+    assert ann["total"] == dict(+total)
+    C, V = 8, model.config.vocab_size
+    per_block = [18 if (i == 0 and config.get("model_type")) else 13 for i in range(2)]  # ffnPre: 2 x 9
+    assert ann["macs"] == sum(per_block) * C * C + V * C
+
+
+# ---- pricing -------------------------------------------------------------------------------------
+def _user_profile(tmp_path: Path, base: str, drop: str, name: str) -> Path:
+    lines = (builtin_profile_dir() / f"{base}.toml").read_text().splitlines()
+    out = [f'name = "{name}"' if ln.startswith("name =") else ln for ln in lines
+           if not ln.startswith(f"{drop} =")]
+    path = tmp_path / f"{name}.toml"
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def test_missing_figures_are_unsupported_not_zero(tiny, ids, tmp_path):
+    chip = _user_profile(tmp_path, "loihi2", "chip_io_byte", "mychip")
+    host = _user_profile(tmp_path, "cmos45nm", "exp", "myhost")
+    res = profile_model(tiny, ids, [str(chip)], host_profile=str(host))
+    price = res.prices["mychip"]
+    keys = {u["key"] for u in price["unsupported"]}
+    assert {"[energy] chip_io_byte", "[host_ops] exp"} <= keys
+    assert price["per_token"]["total"] is None and not price["complete"]
+    assert price["per_token"]["io"] is None and price["per_token"]["host"] is None
+    assert price["per_token"]["priced_subtotal"] > 0
+    assert all(row["io"] is None for row in price["layers"].values() if row["io"] != 0)
+    assert "n/a" in render_table(res) or ">=" in render_table(res)
+
+
+def test_paper_formula_and_provenance(tiny, ids):
+    res = profile_model(tiny, ids, "loihi2")
+    pp, macs = res.paper, res.counts["loihi2"].ann["macs"]
+    assert macs == 2 * 13 * 16 ** 2 + 13 * 16
+    assert pp["ann_pj"] == pytest.approx(macs * 4.6)
+    assert pp["snn_pj"] == pytest.approx(0.15 * macs * 0.9)
+    assert pp["ann_over_snn"] == pytest.approx(4.6 / (0.15 * 0.9))
+    measured = res.prices["loihi2"]["per_token"]["priced_subtotal"]
+    assert pp["measured"]["loihi2"]["measured_over_paper_snn"] == pytest.approx(
+        measured / pp["snn_pj"])
+    price = res.prices["loihi2"]
+    assert price["target"]["sha256"] == load_profile("loihi2").sha256
+    kinds = {(f["profile"], f["key"]): f["kind"] for f in price["figures"]}
+    assert kinds[("loihi2", "synaptic_op")] == "proxy"
+    assert kinds[("loihi2", "static_power")] == "measured"
+    assert kinds[("cmos45nm", "add")] == "datasheet"
+    s = price["sensitivity"]
+    assert s["firing_rate_x"] > measured > s["firing_rate_div"]
+    assert s["proxy_x"] > measured > s["proxy_div"]
+    gpu = res.ann["gpu"]
+    assert gpu["per_token"]["total"] > res.ann["cmos45nm"]["per_token"]["total"]
+
+
+def test_graded_policy_counts_from_the_value_trace(tiny, ids):
+    ir = partition(fold_layernorm(capture_ir(tiny)), load_profile("loihi2"), "graded")
+    spikes = record_spikes_pytorch(tiny, ids[:12])
+    trace = graded_input_trace(ir, ids[:12])
+    counts = count_ops(ir, spikes, trace)
+    graded = {n: v for n, v in counts.linears.items() if v["input"] == "graded"}
+    assert sorted(v["module"].split(".", 2)[2] for v in graded.values()) == \
+        ["att.output", "att.output", "ffn.value", "ffn.value"]
+    for n, v in graded.items():
+        nnz = (ir.node(n)["params"]["weight"] != 0).sum(axis=0)
+        assert v["synaptic_ops"] == int(((trace[n] != 0) @ nnz).sum())
+        if v["module"].endswith("ffn.value"):              # ReLU^2 zeros send no event
+            assert v["events"] < 12 * v["weight_shape"][1]
+    assert not counts.unsupported
+    without = count_ops(ir, spikes)                        # no value trace: unsupported, not 0
+    assert {u["what"] for u in without.unsupported} >= {f"chip node {n}" for n in graded}
+    assert profile_model(tiny, ids[:12], "loihi2", "graded").prices["loihi2"]["complete"]
+
+
+def test_json_round_trip_and_csv(tiny, ids, tmp_path):
+    res = profile_model(tiny, ids, ["loihi2", "spinnaker2", "truenorth"])
+    assert "placement" in res.prices["truenorth"]["unsupported"][0]["what"]
+    path = write_json(res, tmp_path / "profile.json")
+    back = load_json(path)
+    assert back.to_dict() == json.loads(json.dumps(res.to_dict()))
+    assert back.counts["spinnaker2"] is back.counts["loihi2"]      # shared placement
+    assert render_table(back) == render_table(res)
+    names = {p.name for p in write_csvs(back, tmp_path)}
+    assert {"layers_loihi2.csv", "populations.csv", "targets.csv"} <= names
+    with pytest.raises(DataError, match="not a spikegpt-deploy profile"):
+        (tmp_path / "bad.json").write_text("{}")
+        load_json(tmp_path / "bad.json")
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+def _runner() -> CliRunner:
+    """stdout and stderr kept apart (click 8.1 needs mix_stderr=False; 8.2 removed it)."""
+    try:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    except TypeError:
+        return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_and_text(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    text = random_text(8000, seed=1)
+    (d / "corpus.txt").write_text(text, encoding="utf-8")
+    tok = CharTokenizer.from_text(text)
+    model = make_tiny_model(n_layer=2, n_embd=16, vocab_size=tok.vocab_size, scale=SCALE)
+    save_model(model, d / "model.pt", tok)
+    return d / "model.pt", d / "corpus.txt"
+
+
+def test_cli_profile_report_targets(model_and_text, tmp_path):
+    model, text = model_and_text
+    runner = _runner()
+    out = tmp_path / "prof"
+    r = runner.invoke(main, ["profile", str(model), "--data", str(text), "--tokens", "30",
+                             "--target", "loihi2", "--target", "spinnaker2", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    assert "loihi2" in r.stdout and "paper formula" in r.stdout
+    res = load_json(out / "profile.json")
+    assert res.meta["tokens"] == 30 and res.meta["model_sha256"] and res.meta["data_sha256"]
+    assert (out / "layers_loihi2.csv").is_file()
+    r = runner.invoke(main, ["report", str(out / "profile.json"), "--html", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    r = runner.invoke(main, ["targets"])
+    assert r.exit_code == 0 and "loihi2" in r.stdout and "Davies" in r.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tokens", "0"], "--tokens must be a positive integer"),
+    (["--target", "cmos45nm"], "not a chip"),
+    (["--target", "nochip"], "unknown built-in hardware profile"),
+    (["--tokens", "100000"], "fewer than --tokens"),
+])
+def test_cli_profile_bad_input(model_and_text, tmp_path, args, message):
+    model, text = model_and_text
+    r = _runner().invoke(
+        main, ["profile", str(model), "--data", str(text), "-o", str(tmp_path), *args])
+    assert r.exit_code == 1 and r.stderr.startswith("error:") and message in r.stderr
+
+
+def test_cli_report_bad_file(tmp_path):
+    (tmp_path / "x.json").write_text("not json")
+    r = _runner().invoke(main, ["report", str(tmp_path / "x.json")])
+    assert r.exit_code == 1 and r.stderr.startswith("error:")
