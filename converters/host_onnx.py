@@ -118,7 +118,7 @@ def _layernorm(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list
 
 def _layernorm_stats(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
     mean, _, std = _stats(b, nid, ins[0], n["attrs"]["eps"])
-    return [mean, std]
+    return [mean, b.one("Reciprocal", [std], nid)]
 
 
 def _linear(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
@@ -184,7 +184,7 @@ def _slice(b: _Builder, nid: str, x: str, start: int, end: int) -> str:
 
 
 def _fold_correction(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    """``passes.fold.fold_correction``: y = (scale (x0 part + y_n) - mu A1) / sigma + W beta."""
+    """``passes.fold.fold_correction``: y = (scale (x0 part + y_n) - mu A1) (1/sigma) + W beta."""
     p, a = n["params"], n["attrs"]
     out = int(a["out"])
     it = iter(ins)
@@ -196,12 +196,12 @@ def _fold_correction(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -
         centred = b.one("Sub", [x0_part, b.one("Mul", [mu0, b.const(p["w_gamma0"],
                                                                     f"{nid}.w_gamma0")], nid)],
                         nid)
-        x0_part = b.one("Add", [b.one("Div", [centred, sigma0], nid),
+        x0_part = b.one("Add", [b.one("Mul", [centred, sigma0], nid),
                                 b.const(p["w_beta0"], f"{nid}.w_beta0")], nid)
     total = x0_part if y_n is None else b.one("Add", [x0_part, y_n], nid)
     if float(a["scale"]) != 1.0:
         total = b.one("Mul", [b.const(F32(a["scale"])), total], nid)
-    cur = b.one("Div", [b.one("Sub", [total, b.one("Mul", [mu, b.const(p["w_one"],
+    cur = b.one("Mul", [b.one("Sub", [total, b.one("Mul", [mu, b.const(p["w_one"],
                                                                        f"{nid}.w_one")], nid)],
                               nid), sigma], nid)
     w_beta = np.asarray(p["w_beta"], dtype=F32)

@@ -9,7 +9,8 @@ Layout (format ``spikegpt-deploy-bundle``, version 1):
     tokenizer.json    the model's tokenizer (char vocabulary or tokenizers JSON)
     host.onnx         the host partition as ONNX (inputs: token, host state, chip->host values)
     spiking.nir       the spiking partition as a NIR graph
-    chip.net          the chip layers netx expresses, as lava-dl netx HDF5 (when there are any)
+    chip.<layer>.net  the chip layers netx expresses, one lava-dl netx HDF5 file each (a netx
+                      network is one feed-forward chain; each such layer is fed and read by the host)
 The simulator builds from ir.json / ir_params.npz (the documented array format); host.onnx,
 spiking.nir and chip.net are for other tools.
 """
@@ -54,10 +55,11 @@ def _emit_nir(ir: IR, directory: Path) -> dict[str, Any]:
 
 
 def _emit_netx(ir: IR, directory: Path) -> dict[str, Any]:
+    # netx networks are single feed-forward chains, so each expressible layer gets its own
+    # chip.<layer>.net file (see converters/netx_export.py).
     from converters.netx_export import chip_partition_to_netx
     info = chip_partition_to_netx(ir, directory / "chip.net")
-    written = (directory / "chip.net").is_file()
-    return {"file": "chip.net" if written else None, "info": _jsonable(info)}
+    return {"files": [Path(f).name for f in info.files], "info": _jsonable(info)}
 
 
 # name -> emitter; each writes its file(s) into the bundle directory and describes them
@@ -96,8 +98,8 @@ def write_bundle(ctx: ConvertContext, out_dir: str | Path, force: bool = False,
                 emitted[name] = emit(ctx.ir, tmp)
             except DeployError as exc:
                 raise ConversionError(f"emitting {name} failed: {exc}") from None
-            if emitted[name].get("file"):
-                files.append(emitted[name]["file"])
+            files += [emitted[name]["file"]] if emitted[name].get("file") else []
+            files += emitted[name].get("files", [])
         if ctx.tokenizer is not None:
             (tmp / "tokenizer.json").write_text(json.dumps(ctx.tokenizer.to_dict()),
                                                 encoding="utf-8")

@@ -30,6 +30,12 @@ def _layernorm_stats(x: Array, eps: float) -> tuple[Array, Array]:
     return mean.astype(F32), np.sqrt(var + F32(eps)).astype(F32)
 
 
+def _mean_inv_std(x: Array, eps: float) -> tuple[Array, Array]:
+    """LayerNormStats: mean and 1 / sqrt(var + eps), so users multiply instead of divide."""
+    mean, std = _layernorm_stats(x, eps)
+    return mean, (F32(1) / std).astype(F32)
+
+
 def _layernorm(n: dict[str, Any], ins: list[Array]) -> tuple[Array]:
     mean, std = _layernorm_stats(ins[0], n["attrs"]["eps"])
     return (((ins[0] - mean) / std) * n["params"]["weight"] + n["params"]["bias"]).astype(F32),
@@ -80,7 +86,7 @@ FLOAT_OPS: dict[str, OpFn] = {
     "SpikeSum": lambda n, i: (sum(F32(c) * x for c, x in zip(n["attrs"]["coefficients"], i))
                               .astype(F32),),
     "SpikeLinear": lambda n, i: ((i[0] @ n["params"]["weight"].T).astype(F32),),
-    "LayerNormStats": lambda n, i: _layernorm_stats(i[0], n["attrs"]["eps"]),
+    "LayerNormStats": lambda n, i: _mean_inv_std(i[0], n["attrs"]["eps"]),
     "FoldCorrection": _fold_correction,
 }
 

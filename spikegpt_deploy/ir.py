@@ -52,7 +52,7 @@ OPS: dict[str, tuple[int | None, int, str]] = {
     # Produced by passes (fold_layernorm, quantize):
     "SpikeSum": (None, 1, "y = sum_j coefficients[j] * x_j: integer spike counts of the stream"),
     "SpikeLinear": (1, 1, "y = weight @ x on spike / spike-count input (the folded linears)"),
-    "LayerNormStats": (1, 2, "outputs mean(x), sqrt(var(x) + eps)"),
+    "LayerNormStats": (1, 2, "outputs mean(x) and 1 / sqrt(var(x) + eps)"),
     "FoldCorrection": (None, 2, "host side of a folded linear (spec 6.3); outputs y, next shift"),
 }
 

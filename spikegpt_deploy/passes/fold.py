@@ -57,21 +57,24 @@ def _stream_forms(ir: IR) -> dict[Port, _Stream]:
 
 
 def fold_correction(node: dict, ins: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Host side of one folded linear. Inputs: y_n, [y_b | y_x0], mu, sigma, [mu0, sigma0],
-    [prev]; outputs: y (this token) and the shift part kept for the next token."""
+    """Host side of one folded linear. Inputs: y_n, [y_b | y_x0], mu, 1/sigma, [mu0, 1/sigma0],
+    [prev]; outputs: y (this token) and the shift part kept for the next token. The statistics
+    come as reciprocals so that the host multiplies per element instead of dividing."""
     p, a = node["params"], node["attrs"]
     out = int(a["out"])
     it = iter(ins)
     y_n = next(it) if a["has_counts"] else None
     y_0 = next(it)
-    mu, sigma = next(it), next(it)
+    mu, inv_sigma = next(it), next(it)
     if a["binary_x0"]:
-        mu0, sigma0 = next(it), next(it)
-        x0_part = (y_0 - mu0 * p["w_gamma0"]) / sigma0 + p["w_beta0"]
+        mu0, inv_sigma0 = next(it), next(it)
+        x0_part = (y_0 - mu0 * p["w_gamma0"]) * inv_sigma0 + p["w_beta0"]
     else:
         x0_part = y_0
     total = x0_part if y_n is None else x0_part + y_n
-    cur = (F32(a["scale"]) * total - mu * p["w_one"]) / sigma
+    if a["scale"] != 1.0:
+        total = F32(a["scale"]) * total
+    cur = (total - mu * p["w_one"]) * inv_sigma
     y = cur[:, :out] + p["w_beta"][:out]
     if not a["has_shift"]:
         return y.astype(F32), np.zeros((y.shape[0], 0), F32)

@@ -67,7 +67,8 @@ def op_cost(op: str, n: int, weight_shape: tuple[int, ...] | None = None,
     if op == "Heaviside":
         return {"compare": n}
     if op == "LayerNormStats":                  # mean: n-1 add, 1 div; var: n sub, n square,
-        return {"add": 3 * n - 1, "mul": n, "div": 2, "sqrt": 1}  # n-1 add, 1 div; +eps, sqrt
+        return {"add": 3 * n - 1, "mul": n, "div": 3, "sqrt": 1}  # n-1 add, 1 div; +eps, sqrt;
+    #                                             1 / std: 1 div
     if op == "LayerNorm":                       # stats + (x - mean) / std * w + b
         return {"add": 5 * n - 1, "mul": 2 * n, "div": n + 2, "sqrt": 1}
     if op == "TokenShiftMix":                   # mix * a + (1 - mix) * prev
@@ -97,13 +98,13 @@ def op_cost(op: str, n: int, weight_shape: tuple[int, ...] | None = None,
 def _fold_correction_cost(w2: int, a: Mapping[str, Any]) -> dict[str, int]:
     """passes/fold.py ``fold_correction``: w2 = rows of A (and B), out = rows of this token."""
     out, c = int(a["out"]), Counter()
-    if a["binary_x0"]:                          # (y_0 - mu0 * w_gamma0) / sigma0 + w_beta0
-        c.update({"mul": w2, "add": 2 * w2, "div": w2})
+    if a["binary_x0"]:                          # (y_0 - mu0 * w_gamma0) * inv_sigma0 + w_beta0
+        c.update({"mul": 2 * w2, "add": 2 * w2})
     if a["has_counts"]:                         # x0_part + y_n
         c["add"] += w2
     if float(a["scale"]) != 1.0:                # scale * total
         c["mul"] += w2
-    c.update({"mul": w2, "add": w2, "div": w2})  # (... - mu * w_one) / sigma
+    c.update({"mul": 2 * w2, "add": w2})        # (... - mu * w_one) * inv_sigma
     c["add"] += out                             # + w_beta[:out]
     if a["has_shift"]:                          # + prev; next shift = cur[out:] + w_beta[out:]
         c["add"] += out + (w2 - out)
