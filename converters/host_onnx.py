@@ -275,7 +275,9 @@ def host_partition_to_onnx(ir: IR, path: str | os.PathLike) -> HostOnnxInfo:
                        "spikegpt_deploy.format_version": HOST_FORMAT_VERSION,
                        "spikegpt_deploy.config": json.dumps(ir.config, sort_keys=True),
                        "spikegpt_deploy.partition": json.dumps(ir.meta.get("partition", {})),
-                       "spikegpt_deploy.interface": json.dumps(info.to_dict())}.items():
+                       # the file's own path is left out: the same IR gives the same bytes
+                       "spikegpt_deploy.interface": json.dumps(
+                           {k: v for k, v in info.to_dict().items() if k != "path"})}.items():
         proto.metadata_props.add(key=key, value=value)
     try:
         onnx.checker.check_model(proto, full_check=True)

@@ -61,6 +61,9 @@ def evaluate(loaded: LoadedModel, data: str, split: str = "valid",
     window = window_len or loaded.model.config.ctx_len
     if max_tokens is not None and max_tokens < 1:
         raise DataError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if max_tokens is not None and max_tokens < window:
+        raise DataError(f"--max-tokens {max_tokens} is less than one window of {window} tokens; "
+                        f"pass --max-tokens {window} or more")
     if len(ids) < window + 1:
         raise DataError(f"{data} {split} split has {len(ids)} tokens, fewer than one window of "
                         f"{window + 1}; use a longer text or a smaller --window")
@@ -103,22 +106,29 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
     from .bundle import verify_bundle
 
     manifest = verify_bundle(path)
-    crossings = manifest.get("crossings", [])
-    per_direction: dict[str, dict[str, float]] = {}
-    for c in crossings:
-        d = per_direction.setdefault(c["direction"], {"values": 0, "max_messages": 0,
-                                                      "max_bytes": 0.0})
-        d["values"] += 1
-        d["max_messages"] += c["width"]
-        d["max_bytes"] += c["width"] * c["bits_per_element"] / 8
-    layers = manifest.get("quantization", {}).get("layers", {})
-    return {
-        "bundle": str(path), "source_model": manifest["source_model"],
-        "config": manifest["config"], "target": manifest["target"], "policy": manifest["policy"],
-        "passes": manifest["passes"], "partition": manifest["partition"],
-        "crossings_per_token": per_direction, "resources": manifest["resources"],
-        "quantization": layers, "equivalence": manifest.get("equivalence"),
-        "spike_driven_linears": sorted(k for k, v in manifest.get("fold_report", {}).items()
-                                       if v.get("spike_driven")),
-        "files": sorted(manifest["files"]),
-    }
+    # The manifest is not covered by a hash: a damaged one must still fail as a BundleError.
+    try:
+        crossings = manifest.get("crossings", [])
+        per_direction: dict[str, dict[str, float]] = {}
+        for c in crossings:
+            d = per_direction.setdefault(c["direction"], {"values": 0, "max_messages": 0,
+                                                          "max_bytes": 0.0})
+            d["values"] += 1
+            d["max_messages"] += c["width"]
+            d["max_bytes"] += c["width"] * c["bits_per_element"] / 8
+        layers = manifest.get("quantization", {}).get("layers", {})
+        return {
+            "bundle": str(path), "source_model": manifest["source_model"],
+            "config": manifest["config"], "target": manifest["target"],
+            "policy": manifest["policy"], "passes": manifest["passes"],
+            "partition": manifest["partition"],
+            "crossings_per_token": per_direction, "resources": manifest["resources"],
+            "quantization": layers, "equivalence": manifest.get("equivalence"),
+            "spike_driven_linears": sorted(k for k, v in manifest.get("fold_report", {}).items()
+                                           if v.get("spike_driven")),
+            "files": sorted(manifest["files"]),
+        }
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        from .errors import BundleError
+        raise BundleError(f"{Path(path) / 'manifest.json'}: malformed manifest "
+                          f"({type(exc).__name__}: {exc}); re-run convert") from None

@@ -45,13 +45,13 @@ def _sha256(path: Path) -> str:
 def _emit_host_onnx(ir: IR, directory: Path) -> dict[str, Any]:
     from converters.host_onnx import host_partition_to_onnx
     info = host_partition_to_onnx(ir, directory / "host.onnx")
-    return {"file": "host.onnx", "info": _jsonable(info)}
+    return {"file": "host.onnx", "info": _relative(_jsonable(info), "host.onnx")}
 
 
 def _emit_nir(ir: IR, directory: Path) -> dict[str, Any]:
     from converters.nir_export import chip_partition_to_nir
     info = chip_partition_to_nir(ir, directory / "spiking.nir")
-    return {"file": "spiking.nir", "info": _jsonable(info)}
+    return {"file": "spiking.nir", "info": _relative(_jsonable(info), "spiking.nir")}
 
 
 def _emit_netx(ir: IR, directory: Path) -> dict[str, Any]:
@@ -68,6 +68,14 @@ EMITTERS: list[tuple[str, Callable[[IR, Path], dict[str, Any]]]] = [
     ("nir", _emit_nir),
     ("netx", _emit_netx),
 ]
+
+
+def _relative(info: Any, name: str) -> Any:
+    """An emitter's ``path`` points into the temporary directory, which is renamed: record the
+    file's name inside the bundle instead."""
+    if isinstance(info, dict) and "path" in info:
+        info["path"] = name
+    return info
 
 
 def _jsonable(obj: Any) -> Any:

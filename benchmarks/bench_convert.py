@@ -1,0 +1,190 @@
+"""Time and peak memory of ``convert`` vs merely loading the checkpoint, in the same run.
+
+    python benchmarks/bench_convert.py [MODEL] [--skip-216m] [--steps-216m STEPS] [--keep DIR]
+
+Cases:
+- the shipped model (``api.default_model_path()``; when there is none, a seeded random 4 x 128
+  char model saved as model.pt): every pipeline step and ``write_bundle`` with all emitters,
+  i.e. what ``spikegpt-deploy convert`` does;
+- the official 216M shape (18 x 768, vocab 50277) with random weights, saved once in the official
+  state_dict layout (862 MB .pth): by default the steps load, capture, fold_layernorm,
+  partition, map_resources (quantize's calibration and the equivalence check run the float IR
+  over hundreds of tokens and are left out; pass ``--steps-216m all`` to include them; no
+  bundle is written for it).
+
+Each measurement runs in a fresh subprocess, so that peak RSS (``ru_maxrss``) belongs to that
+case alone; the baseline is a subprocess that only calls ``checkpoint.load_checkpoint`` on the
+same file. Reported: seconds per step, total, peak RSS, and the ratios convert / load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STEPS_216M = ("load", "capture", "fold_layernorm", "partition", "map_resources")
+SHAPE_216M = {"vocab_size": 50277, "n_layer": 18, "n_embd": 768}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+# ---- workers (run in a subprocess; print one JSON line) ---------------------------------
+def _worker_load(path: str) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    from spikegpt_deploy.checkpoint import load_checkpoint
+
+    rss0 = _peak_rss_mb()
+    start = time.perf_counter()
+    loaded = load_checkpoint(path)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "peak_rss_mb": _peak_rss_mb(), "rss_after_imports_mb": rss0,
+            "parameters": loaded.model.num_parameters()}
+
+
+def _worker_convert(path: str, steps: str, bundle_dir: str) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    from spikegpt_deploy.bundle import write_bundle
+    from spikegpt_deploy.convert import STEPS, ConvertContext, ConvertOptions
+
+    wanted = [name for name, _ in STEPS] if steps == "all" else steps.split(",")
+    unknown = sorted(set(wanted) - {name for name, _ in STEPS})
+    if unknown:
+        raise SystemExit(f"unknown step(s) {unknown}; steps: {[n for n, _ in STEPS]}")
+    rss0 = _peak_rss_mb()
+    ctx = ConvertContext(Path(path), ConvertOptions())
+    times: dict[str, float] = {}
+    start = time.perf_counter()
+    for name, step in STEPS:  # the pipeline's own order; steps not wanted are skipped
+        if name not in wanted:
+            continue
+        t = time.perf_counter()
+        step(ctx)
+        times[name] = time.perf_counter() - t
+        ctx.steps_done.append(name)
+    if bundle_dir:
+        t = time.perf_counter()
+        write_bundle(ctx, bundle_dir, force=True)
+        times["write_bundle"] = time.perf_counter() - t
+    totals = (ctx.resources or {}).get("totals", {})
+    return {"seconds": time.perf_counter() - start, "steps": times,
+            "peak_rss_mb": _peak_rss_mb(), "rss_after_imports_mb": rss0,
+            "chips": totals.get("chips"), "cores": totals.get("cores"),
+            "neurons": totals.get("neurons"), "synapses": totals.get("synapses")}
+
+
+def _worker_make_216m(path: str) -> dict:
+    import torch
+    torch.set_num_threads(1)
+    from spikegpt_deploy.checkpoint import save_official_state_dict
+    from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = SpikeGPT(SpikeGPTConfig(**SHAPE_216M)).eval()
+    save_official_state_dict(model, path)
+    return {"parameters": model.num_parameters(), "bytes": Path(path).stat().st_size}
+
+
+def _worker_make_small(path: str) -> dict:
+    import torch
+    from spikegpt_deploy.checkpoint import save_model
+    from spikegpt_deploy.data import CharTokenizer
+    from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig
+
+    tok = CharTokenizer([chr(c) for c in range(32, 127)] + ["\n"])
+    torch.manual_seed(0)
+    model = SpikeGPT(SpikeGPTConfig(tok.vocab_size, 4, 128)).eval()
+    with torch.no_grad():
+        for block in model.blocks:          # scale the LIF-feeding weights so LIFs fire
+            block.att.output.weight.mul_(8)
+            block.ffn.value.weight.mul_(8)
+    save_model(model, path, tok)
+    return {"parameters": model.num_parameters()}
+
+
+WORKERS = {"load": _worker_load, "convert": _worker_convert, "make-216m": _worker_make_216m,
+           "make-small": _worker_make_small}
+
+
+def _run(kind: str, *args: str) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- driver -----------------------------------------------------------------------------
+def _report(name: str, path: Path, steps: str, bundle_dir: str) -> None:
+    load = _run("load", str(path))
+    conv = _run("convert", str(path), steps, bundle_dir)
+    what = ", ".join(conv["steps"])
+    print(f"\n{name}: {path.name} ({load['parameters']:,} parameters)")
+    print(f"  steps: {what}")
+    for label, r in (("load_checkpoint only", load), ("convert", conv)):
+        print(f"  {label:<20} : {r['seconds']:8.2f} s   peak RSS {r['peak_rss_mb']:8.0f} MB"
+              f"   (after imports {r['rss_after_imports_mb']:.0f} MB)")
+    for step, seconds in conv["steps"].items():
+        print(f"    {step:<18} {seconds:8.2f} s")
+    print(f"  ratio convert / load : time {conv['seconds'] / load['seconds']:.1f}x, "
+          f"peak memory {conv['peak_rss_mb'] / load['peak_rss_mb']:.2f}x")
+    if conv.get("chips") is not None:
+        print(f"  mapped: {conv['neurons']:,} neurons, {conv['synapses']:,} synapses, "
+              f"{conv['cores']} cores on {conv['chips']} chip(s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", nargs="?", default=None,
+                        help="Model file (default: the shipped model, else a random 4 x 128).")
+    parser.add_argument("--skip-216m", action="store_true", help="Only the shipped model.")
+    parser.add_argument("--steps-216m", default=",".join(STEPS_216M),
+                        help="Comma-separated pipeline steps for the 216M case, or 'all'.")
+    parser.add_argument("--keep", default=None, help="Keep the generated files in this folder.")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        kind, *rest = args.worker
+        print(json.dumps(WORKERS[kind](*rest)))
+        return
+
+    from spikegpt_deploy import api
+    from spikegpt_deploy.errors import DeployError
+
+    with tempfile.TemporaryDirectory(prefix="bench_convert.") as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if args.model:
+            small, label = Path(args.model), "given model"
+        else:
+            try:
+                small, label = api.default_model_path(), "shipped model"
+            except DeployError as exc:
+                small, label = work / "random-4x128.pt", f"random 4 x 128 (no shipped model: {exc})"
+                _run("make-small", str(small))
+        _report(label, small, "all", str(work / "small.bundle"))
+        if args.skip_216m:
+            return
+        big = work / "spikegpt-216m-random.pth"
+        start = time.perf_counter()
+        made = _run("make-216m", str(big))
+        print(f"\n(wrote the random 216M checkpoint, official layout: {made['bytes'] / 1e6:.0f} MB,"
+              f" {made['parameters']:,} parameters, in {time.perf_counter() - start:.1f} s)")
+        _report("official 216M shape, random weights", big, args.steps_216m, "")
+
+
+if __name__ == "__main__":
+    main()
