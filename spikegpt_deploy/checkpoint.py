@@ -63,7 +63,9 @@ def _torch_load(path: Path) -> Any:
             f"containers, which could run code ({str(exc).splitlines()[0][:160]}). Re-save only "
             f"the state_dict (torch.save(model.state_dict(), path)) from a trusted environment"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of the (code-free) parser on bytes
+        # that are not a checkpoint: KeyError/IndexError/TypeError for a text file, RuntimeError
+        # for a broken zip, EOFError, UnicodeDecodeError, ... All mean "not a readable file".
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160] if str(exc) else 'empty'}); pass a SpikeGPT .pth "
@@ -73,6 +75,7 @@ def _torch_load(path: Path) -> Any:
 
 def infer_config(state_dict: Mapping[str, Any], source: str) -> SpikeGPTConfig:
     """Infer vocab, width, depth and model type from an official state_dict's keys and shapes."""
+    _require_str_keys(state_dict, "the state_dict", source)
     emb = state_dict.get("emb.weight")
     if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
         found = ", ".join(list(state_dict)[:5]) or "no keys"
@@ -82,9 +85,21 @@ def infer_config(state_dict: Mapping[str, Any], source: str) -> SpikeGPTConfig:
     layers = {int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))}
     if not layers:
         raise CheckpointError(f"{source}: not a SpikeGPT checkpoint: no 'blocks.N.*' keys")
+    if len(layers) != max(layers) + 1:  # bounds n_layer by the key count: a stray
+        # 'blocks.99999999.x' must not make us build (or even list) 1e8 blocks
+        absent = [i for i in range(min(max(layers), 10 ** 6)) if i not in layers][:6]
+        raise CheckpointError(f"{source}: keys of block(s) {absent} are missing although "
+                              f"'blocks.{max(layers)}.*' is present; the file is incomplete")
     model_type = "RWKV-ffnPre" if "blocks.0.ffnPre.key.weight" in state_dict else "RWKV"
-    return SpikeGPTConfig(vocab_size=int(emb.shape[0]), n_layer=max(layers) + 1,
-                          n_embd=int(emb.shape[1]), model_type=model_type)
+    return _with_source(source, SpikeGPTConfig, vocab_size=int(emb.shape[0]),
+                        n_layer=max(layers) + 1, n_embd=int(emb.shape[1]), model_type=model_type)
+
+
+def _require_str_keys(mapping: Mapping[Any, Any], what: str, source: str) -> None:
+    bad = [k for k in mapping if not isinstance(k, str)]
+    if bad:
+        raise CheckpointError(f"{source}: {what} has non-string key(s) {bad[:6]!r}; keys must be "
+                              f"names such as 'emb.weight'")
 
 
 def _expected_shapes(config: SpikeGPTConfig) -> "OrderedDict[str, torch.Size]":
@@ -95,6 +110,7 @@ def _expected_shapes(config: SpikeGPTConfig) -> "OrderedDict[str, torch.Size]":
 def check_state_dict(state_dict: Mapping[str, Any], config: SpikeGPTConfig, source: str
                      ) -> "OrderedDict[str, torch.Tensor]":
     """Validate keys, shapes and values against ``config``; return float32 tensors in model order."""
+    _require_str_keys(state_dict, "the state_dict", source)
     expected = _expected_shapes(config)
     missing = [k for k in expected if k not in state_dict]
     extra = [k for k in state_dict if k not in expected]
@@ -136,7 +152,17 @@ def _apply_overrides(config: SpikeGPTConfig, overrides: Mapping[str, Any], sourc
     if bad:
         raise CheckpointError(f"{source}: cannot override {bad}: only {list(OVERRIDABLE)} may be "
                               f"changed at load time (the others follow from the weights)")
-    return config.replace(**overrides) if overrides else config
+    return _with_source(source, config.replace, **overrides) if overrides else config
+
+
+def _with_source(where: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn``; a CheckpointError from the config's own checks gets the file name prefixed."""
+    try:
+        return fn(*args, **kwargs)
+    except CheckpointError as exc:
+        if where in str(exc):
+            raise
+        raise CheckpointError(f"{where}: {exc}") from None
 
 
 def load_checkpoint(path: str | Path, tokenizer: Tokenizer | None = None,
@@ -150,21 +176,36 @@ def load_checkpoint(path: str | Path, tokenizer: Tokenizer | None = None,
                               f"{type(obj).__name__}")
     meta: dict[str, Any] = {}
     if obj.get("format") == MODEL_FORMAT:
-        if obj.get("version") != MODEL_FORMAT_VERSION:
-            raise CheckpointError(f"{source}: model format version {obj.get('version')!r} is not "
+        version = obj.get("version")
+        if not isinstance(version, int) or version != MODEL_FORMAT_VERSION:
+            raise CheckpointError(f"{source}: model format version {version!r} is not "
                                   f"supported (expected {MODEL_FORMAT_VERSION}); upgrade "
                                   f"spikegpt-deploy or re-train")
         for key in ("config", "state_dict"):
             if not isinstance(obj.get(key), Mapping):
                 raise CheckpointError(f"{source}: key '{key}' is missing or not a dict")
-        config = SpikeGPTConfig.from_dict(dict(obj["config"]), source=f"{source}: config")
+        _require_str_keys(obj["config"], "key 'config'", source)
+        config = _with_source(source, SpikeGPTConfig.from_dict, dict(obj["config"]),
+                              f"{source}: config")
         state_dict = obj["state_dict"]
+        # The weights define the shapes; a config that disagrees (e.g. n_layer 10**8) is refused
+        # before anything is built from it.
+        inferred = infer_config(state_dict, source)
+        for name in ("vocab_size", "n_layer", "n_embd", "model_type"):
+            if getattr(config, name) != getattr(inferred, name):
+                raise CheckpointError(
+                    f"{source}: config '{name}' is {getattr(config, name)!r} but the weights have "
+                    f"{getattr(inferred, name)!r}; the file is inconsistent")
         if tokenizer is None and obj.get("tokenizer") is not None:
             try:
                 tokenizer = tokenizer_from_dict(obj["tokenizer"], source)
             except DeployError as exc:
                 raise CheckpointError(str(exc)) from None
-        meta = dict(obj.get("meta") or {})
+        meta_obj = obj.get("meta")
+        if meta_obj is not None and not isinstance(meta_obj, Mapping):
+            raise CheckpointError(f"{source}: key 'meta' must be a dict, found "
+                                  f"{type(meta_obj).__name__}")
+        meta = dict(meta_obj or {})
         fmt = "spikegpt-deploy"
     else:
         state_dict = obj

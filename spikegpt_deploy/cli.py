@@ -82,12 +82,14 @@ def train(resume: bool, **kwargs: Any) -> None:
     from .training import TrainOptions, train as run_training
 
     opts = TrainOptions(**kwargs)
-    bar = tqdm(total=opts.steps, unit="step", dynamic_ncols=True, mininterval=1.0)
+    bars: list[Any] = []  # made at the first step, so an early error prints no empty bar
     last_bpc: list[float] = []
 
     def progress(p: Any) -> None:
-        if bar.n == 0 and p.step > 1:
-            bar.update(p.step - 1)
+        if not bars:
+            bars.append(tqdm(total=opts.steps, initial=p.step - 1, unit="step",
+                             dynamic_ncols=True, mininterval=1.0))
+        bar = bars[0]
         if p.valid_bpc is not None:
             last_bpc.append(p.valid_bpc)
             bar.write(f"step {p.step}: validation {p.valid_bpc:.4f} bits/char")
@@ -98,7 +100,8 @@ def train(resume: bool, **kwargs: Any) -> None:
     try:
         meta = run_training(opts, progress, resume=resume)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     click.echo(f"wrote {opts.out}: validation {meta['valid_bpc']:.4f} bits/char on "
                f"{meta['valid_tokens']} tokens, {meta['train_seconds']:.0f} s of training")
 
@@ -218,6 +221,15 @@ def inspect(bundle: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
+    try:
+        _render_inspect(info)
+    except (KeyError, TypeError, ValueError) as exc:  # manifest.json itself is not hashed
+        from .errors import BundleError
+        raise BundleError(f"{bundle}/manifest.json: malformed manifest ({type(exc).__name__}: "
+                          f"{exc}); re-run convert") from None
+
+
+def _render_inspect(info: dict[str, Any]) -> None:
     cfg = info["config"]
     click.echo(f"{info['bundle']}: {cfg['n_layer']} layers x {cfg['n_embd']}, vocab "
                f"{cfg['vocab_size']}, target {info['target']['name']}, policy "
@@ -337,6 +349,60 @@ def export_onnx(model: str | None, out_path: str, tokenizer_path: str | None,
     path = export_step_onnx(loaded.model, out_path)
     click.echo(f"wrote {path} (inputs: tokens [B] int64, state [7, {loaded.model.config.n_layer},"
                f" B, {loaded.model.config.n_embd}] float32; outputs: logits, next_state)")
+
+
+@main.command(name="simulate")
+@click.argument("bundle", type=click.Path())
+@click.option("--prompt", required=True)
+@click.option("--tokens", "n_tokens", default=64, show_default=True, type=int)
+@click.option("--precision", type=click.Choice(["float", "fixed"]), default="float",
+              show_default=True, help="Lava floating_pt models, or bit-accurate fixed_pt.")
+@click.option("--temperature", default=1.0, show_default=True, type=float,
+              help="0 = greedy decoding.")
+@click.option("--top-p", default=0.9, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Stop the simulation after this many seconds (default: scales with length).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def simulate_cmd(bundle: str, prompt: str, n_tokens: int, precision: str, temperature: float,
+                 top_p: float, seed: int, timeout_s: float | None, as_json: bool) -> None:
+    """Generate text from PROMPT with BUNDLE simulated in Lava (chip and host processes)."""
+    from .errors import SimulationError
+    from .sampling import SamplingOptions
+    from .simulation import simulate_text
+
+    first: list[float] = []
+
+    def on_text(i: int, piece: str, seconds: float) -> None:
+        if not as_json:  # the prompt goes out with the first token: nothing before an error
+            click.echo((prompt if i == 0 else "") + piece, nl=False)
+            sys.stdout.flush()
+        first.append(seconds)
+        rate = (i / (seconds - first[0])) if i and seconds > first[0] else 0.0
+        click.echo(f"\r[{i + 1}/{n_tokens} tokens, {rate:.1f} tok/s]", err=True, nl=False)
+
+    try:
+        result, text, eq = simulate_text(bundle, prompt, n_tokens, precision,
+                                         SamplingOptions(temperature, top_p, seed),
+                                         timeout_s=timeout_s, on_text=on_text)
+    except SimulationError as exc:  # keep the simulator's traceback for -v, one line here
+        logging.getLogger(__name__).info("%s", exc)
+        raise SimulationError(str(exc).splitlines()[0]) from None
+    finally:
+        if first:
+            click.echo("", err=True)
+    if as_json:
+        click.echo(json.dumps({"text": text, "prompt": prompt, **result.summary(),
+                               "equivalence": eq}, indent=2))
+        return
+    click.echo("" if first else prompt)
+    click.echo(f"{len(result.token_ids)} tokens in Lava {precision}: "
+               f"{result.timesteps_per_token} timesteps per token, {result.tokens_per_s:.1f} "
+               f"tokens/s ({result.step_ms:.2f} ms per timestep, {sum(result.processes.values())}"
+               f" processes); vs {eq['reference']}: max |dlogit| {eq['max_abs_logit_diff']:.2e}, "
+               f"spikes identical {eq['spikes_identical']}, tokens identical "
+               f"{eq['generated_tokens_identical']}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -94,6 +94,10 @@ def train(opts: TrainOptions, on_progress: Callable[[TrainProgress], None] | Non
     if len(train_ids) <= opts.ctx_len + 1:
         raise DataError(f"{opts.data}: training text has {len(train_ids)} characters, fewer than "
                         f"--ctx-len + 2 = {opts.ctx_len + 2}")
+    if len(valid_ids) <= opts.ctx_len:  # checked now, not after the whole run at the first eval
+        raise DataError(f"{opts.data}: validation text has {len(valid_ids)} characters, fewer "
+                        f"than --ctx-len + 1 = {opts.ctx_len + 1}; use a longer text or a "
+                        f"smaller --ctx-len")
     torch.manual_seed(opts.seed)
     config = SpikeGPTConfig(vocab_size=tokenizer.vocab_size, n_layer=opts.layers,
                             n_embd=opts.width, ctx_len=opts.ctx_len)
