@@ -86,7 +86,16 @@ def train(opts: TrainOptions, on_progress: Callable[[TrainProgress], None] | Non
         torch.set_num_threads(opts.threads)
     # exp() of very negative WKV exponents yields subnormal floats, which are slow on x86;
     # flushing them to zero changes nothing measurable in training and avoids the stalls.
+    # The setting is process-wide, so it is switched off again when training ends.
     torch.set_flush_denormal(True)
+    try:
+        return _train(opts, on_progress, resume)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _train(opts: TrainOptions, on_progress: Callable[[TrainProgress], None] | None,
+           resume: bool) -> dict[str, Any]:
     corpus = load_corpus(opts.data)
     tokenizer = CharTokenizer.from_text(corpus.train + corpus.valid + corpus.test)
     train_ids = torch.from_numpy(encode_split(tokenizer, corpus, "train"))

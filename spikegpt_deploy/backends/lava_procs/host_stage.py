@@ -1,0 +1,96 @@
+"""HostStage: a CPU process that runs one slice of the IR's host partition each Lava timestep.
+
+The work itself is ``spikegpt_deploy.simulation_stage.StageRunner`` (numpy only, the
+interpreter's op functions); this module only gives it Lava ports. A ProcessModel declares its
+ports statically, so a stage has fixed slots: ``chip_in_i`` / ``chip_out_i`` talk to chip
+processes (Lava's Dense, GatedLIF) and carry int32 under fixed_pt (a bit-accurate process must
+receive integers, lava-notes); ``host_in_i`` / ``host_out_i`` talk to other host stages and carry
+float64 (exact for the float32 values of the IR). Unused slots have shape (1,) and stay
+unconnected. No torch here: it deadlocks under Lava's fork.
+"""
+
+from __future__ import annotations
+
+import typing as ty
+
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from spikegpt_deploy.simulation_stage import StageRunner
+
+CHIP_SLOTS = 6
+HOST_SLOTS = 2
+SLOT_KINDS = ("chip_in", "chip_out", "host_in", "host_out")
+
+
+def slot_names(kind: str) -> list[str]:
+    return [f"{kind}_{i}" for i in range(CHIP_SLOTS if kind.startswith("chip") else HOST_SLOTS)]
+
+
+class HostStage(AbstractProcess):
+    """Runs ``program`` (a ``simulation_stage.StageProgram``); ``shapes`` maps used slot names to
+    their (width,) shapes; ``buffers`` are the shared result buffers it writes."""
+
+    def __init__(self, *, program: ty.Any, shapes: ty.Dict[str, ty.Tuple[int, ...]],
+                 buffers: ty.Dict[str, ty.Any], name: ty.Optional[str] = None) -> None:
+        unknown = sorted(set(shapes) - {s for k in SLOT_KINDS for s in slot_names(k)})
+        if unknown:
+            raise ValueError(f"HostStage {name}: no port slots {unknown} (it has {CHIP_SLOTS} "
+                             f"chip and {HOST_SLOTS} host slots per direction)")
+        super().__init__(program=program, buffers=buffers, used=sorted(shapes), name=name)
+        for kind in SLOT_KINDS:
+            port_cls = InPort if kind.endswith("_in") else OutPort
+            for slot in slot_names(kind):
+                setattr(self, slot, port_cls(shape=tuple(shapes.get(slot, (1,)))))
+
+
+class _AbstractHostStageModel(PyLoihiProcessModel):
+    def __init__(self, proc_params: ty.Any) -> None:
+        super().__init__(proc_params)
+        self._runner: ty.Optional[StageRunner] = None
+
+    def run_spk(self) -> None:
+        if self._runner is None:
+            ports = {slot: getattr(self, slot) for slot in self.proc_params["used"]}
+            self._runner = StageRunner(self.proc_params["program"], ports,
+                                       self.proc_params["buffers"])
+        self._runner.step(self.time_step)
+
+
+def _declare(model: type, chip_type: ty.Any, chip_precision: ty.Optional[int]) -> type:
+    """Give a model class the LavaPyType of every slot (chip slots: ``chip_type``)."""
+    for kind in SLOT_KINDS:
+        port = PyInPort.VEC_DENSE if kind.endswith("_in") else PyOutPort.VEC_DENSE
+        for slot in slot_names(kind):
+            if kind.startswith("chip") and chip_precision is not None:
+                setattr(model, slot, LavaPyType(port, chip_type, precision=chip_precision))
+            elif kind.startswith("chip"):
+                setattr(model, slot, LavaPyType(port, chip_type))
+            else:
+                setattr(model, slot, LavaPyType(port, float))
+    return model
+
+
+@implements(proc=HostStage, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyHostStageModelFloat(_AbstractHostStageModel):
+    """Every slot float64."""
+
+
+@implements(proc=HostStage, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyHostStageModelFixed(_AbstractHostStageModel):
+    """Chip slots int32 (24-bit payload, as Lava's bit-accurate LIF sends), host slots float64."""
+
+
+_declare(PyHostStageModelFloat, float, None)
+_declare(PyHostStageModelFixed, np.int32, 24)

@@ -1,0 +1,244 @@
+"""Simulate a deployment bundle in Lava: generate tokens with the chip partition on Lava's own
+Dense and LIF models and the host partition in numpy host processes, built from the bundle's IR.
+
+``simulate(bundle, prompt_ids, n_tokens, precision)`` runs one Lava network for the whole
+generation (the sampled token is fed back inside the network), supervised by ``LavaRunner``
+(cleanup guaranteed on errors, timeouts and Ctrl-C), and returns logits, generated ids, spikes
+per population, chip-host traffic per crossing, and timings. Design: ``simulation_plan``
+(processes, phases, D timesteps per token), ``simulation_stage`` (host processes),
+``backends/lava_procs/gated_lif.py`` (Lava's LIF updated once per token).
+
+``equivalence(ir, result)`` compares a run with the bundle's own numpy references: the float IR
+(``interpreter.Executor``) for precision 'float', the quantized emulation (``emulator(ir)``) for
+'fixed', teacher-forced on the tokens the simulation fed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .errors import BundleError, DataError, SimulationError
+from .interpreter import Executor
+from .ir import IR
+from .passes.quantize import emulator
+from .sampling import Sampler, SamplingOptions, encode_prompt
+from .simulation_plan import PRECISIONS, NetworkPlan, plan_network
+
+log = logging.getLogger(__name__)
+SELECT_TAG = {"float": "floating_pt", "fixed": "fixed_pt"}
+TokenCallback = Callable[[int, int, float], None]  # (index, token id, seconds since start)
+
+
+@dataclass
+class SimulationResult:
+    """One simulated generation; arrays are token-first (one row per token fed)."""
+
+    bundle: str
+    precision: str
+    prompt_ids: list[int]
+    generated_ids: list[int]
+    token_ids: list[int]                 # fed tokens: the prompt, then generated[:-1]
+    logits: np.ndarray                   # (T, V) float32: after each fed token
+    spikes: dict[str, np.ndarray]        # population -> (T, C) uint8
+    traffic: dict[str, np.ndarray]       # crossing 'source:port:direction' -> (T,) non-zeros
+    timesteps_per_token: int
+    timesteps_why: list[str]
+    num_steps: int
+    processes: dict[str, int]
+    wall_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens fed per second of simulated steps (compile and start excluded)."""
+        return len(self.token_ids) / max(self.timings.get("run_s", self.wall_s), 1e-9)
+
+    @property
+    def step_ms(self) -> float:
+        return 1e3 * self.timings.get("run_s", self.wall_s) / max(self.num_steps, 1)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-friendly figures (no per-token arrays)."""
+        return {
+            "bundle": self.bundle, "precision": self.precision, "prompt_ids": self.prompt_ids,
+            "generated_ids": self.generated_ids, "tokens_fed": len(self.token_ids),
+            "timesteps_per_token": self.timesteps_per_token,
+            "timesteps_why": self.timesteps_why, "num_steps": self.num_steps,
+            "processes": self.processes, "wall_s": self.wall_s, "timings": self.timings,
+            "tokens_per_s": self.tokens_per_s, "ms_per_step": self.step_ms,
+            "firing_rates": {k: float(v.mean()) for k, v in self.spikes.items()},
+            "traffic_per_token": {k: float(v.mean()) for k, v in self.traffic.items()},
+        }
+
+
+def _buffers(plan: NetworkPlan, T: int, n_tokens: int) -> dict[str, Any]:
+    from .backends.lava_procs.shared_buffer import SharedStepBuffer
+    bufs: dict[str, Any] = {f"spikes:{k}": SharedStepBuffer((c,), T)
+                            for k, c in plan.populations.items()}
+    bufs["logits"] = SharedStepBuffer((plan.vocab_size,), T)
+    bufs["generated"] = SharedStepBuffer((1,), max(n_tokens, 1))
+    bufs["progress"] = SharedStepBuffer((1,), 1)
+    bufs["traffic"] = SharedStepBuffer((max(len(plan.crossings), 1),), T)
+    return bufs
+
+
+def _check_inputs(ir: IR, prompt_ids: list[int], n_tokens: int, precision: str,
+                  sampling: SamplingOptions) -> list[int]:
+    if precision not in PRECISIONS:
+        raise SimulationError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if isinstance(n_tokens, bool) or int(n_tokens) != n_tokens or n_tokens < 0:
+        raise DataError(f"--tokens must be an integer >= 0, got {n_tokens!r}")
+    sampling.validate()
+    ids = [int(t) for t in prompt_ids]
+    if not ids:
+        raise DataError("the prompt is empty; pass at least one token")
+    vocab = int(ir.config["vocab_size"])
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise DataError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+    return ids
+
+
+def simulate(bundle_path: str | Path, prompt_ids: list[int], n_tokens: int,
+             precision: str = "float", sampling: SamplingOptions = SamplingOptions(), *,
+             timeout_s: float | None = None, on_token: TokenCallback | None = None,
+             fault: tuple[str, int] | None = None) -> SimulationResult:
+    """Feed ``prompt_ids`` and generate ``n_tokens`` tokens with the bundle in Lava.
+
+    precision: 'float' (Lava floating_pt models) or 'fixed' (bit-accurate fixed_pt). on_token is
+    called from a watcher thread with each generated token as soon as the network samples it.
+    timeout_s bounds the whole run (default: 120 s plus 0.5 s per Lava timestep). fault is a
+    test hook: (host stage, token) makes that stage raise inside its Lava process model.
+    """
+    return _simulate(load_bundle(bundle_path), prompt_ids, n_tokens, precision, sampling,
+                     timeout_s, on_token, fault, time.perf_counter())
+
+
+def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: str,
+              sampling: SamplingOptions, timeout_s: float | None, on_token: TokenCallback | None,
+              fault: tuple[str, int] | None, t0: float) -> SimulationResult:
+    from .backends.lava_network import build_network
+    from .backends.lava_runner import LavaRunner, require_lava
+
+    require_lava()
+    ids = _check_inputs(bundle.ir, prompt_ids, n_tokens, precision, sampling)
+    plan = plan_network(bundle.ir, precision, ids, n_tokens, sampling, fault)
+    T = len(ids) + max(n_tokens, 1) - 1
+    steps = T * plan.period
+    bufs = _buffers(plan, T, n_tokens)
+    runner = LavaRunner(lambda inputs, num_steps: build_network(plan, bufs), SELECT_TAG[precision],
+                        timeout_s=timeout_s or 120.0 + 0.5 * steps)
+    log.info("simulate: %d tokens x %d timesteps, processes %s", T, plan.period,
+             plan.process_counts())
+    stop = threading.Event()
+    watcher = None
+    if on_token is not None and n_tokens > 0:
+        watcher = threading.Thread(target=_watch, args=(bufs, len(ids) - 1, n_tokens, on_token,
+                                                        stop, t0), daemon=True)
+        watcher.start()
+    try:
+        res = runner.run(steps)
+    finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join(5.0)
+    generated = [int(t) for t in bufs["generated"].read()[:n_tokens, 0]]
+    if on_token is not None:
+        _deliver(on_token, generated, int(getattr(watcher, "delivered", 0)), t0)
+    logits = bufs["logits"].read().astype(np.float32)
+    traffic = bufs["traffic"].read().astype(np.int64)
+    return SimulationResult(
+        bundle=str(bundle.path), precision=precision, prompt_ids=ids, generated_ids=generated,
+        token_ids=(ids + generated)[:T], logits=logits,
+        spikes={k: bufs[f"spikes:{k}"].read().astype(np.uint8) for k in plan.populations},
+        traffic={name: traffic[:, i] for i, name in enumerate(plan.crossings)},
+        timesteps_per_token=plan.period, timesteps_why=plan.critical_path, num_steps=steps,
+        processes=plan.process_counts(), wall_s=time.perf_counter() - t0,
+        timings={"build_s": res.build_s, "compile_s": res.compile_s, "run_s": res.run_s,
+                 "readout_s": res.readout_s, "total_run_call_s": res.total_s})
+
+
+def _watch(bufs: dict[str, Any], first: int, n_tokens: int, on_token: TokenCallback,
+           stop: threading.Event, t0: float) -> None:
+    me = threading.current_thread()
+    delivered = 0
+    while delivered < n_tokens:
+        done = int(bufs["progress"].array[0, 0])
+        ready = min(max(done - first, 0), n_tokens)
+        while delivered < ready:
+            on_token(delivered, int(bufs["generated"].array[delivered, 0]),
+                     time.perf_counter() - t0)
+            delivered += 1
+            me.delivered = delivered  # type: ignore[attr-defined]
+        if stop.is_set():
+            break
+        time.sleep(0.02)
+
+
+def _deliver(on_token: TokenCallback, generated: list[int], delivered: int, t0: float) -> None:
+    for i in range(delivered, len(generated)):
+        on_token(i, generated[i], time.perf_counter() - t0)
+
+
+def bits_per_token(logits: np.ndarray, next_ids: list[int]) -> float:
+    """Mean -log2 p(next token) of logits (T, V) for the T tokens that follow them."""
+    z = np.asarray(logits, dtype=np.float64)[: len(next_ids)]
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(logp[np.arange(len(next_ids)), next_ids]) / np.log(2))
+
+
+def equivalence(ir: IR, result: SimulationResult,
+                sampling: SamplingOptions = SamplingOptions()) -> dict[str, Any]:
+    """The run against the bundle's numpy reference on the same fed tokens (module docstring)."""
+    ref = Executor(ir) if result.precision == "float" else emulator(ir)
+    ref_logits, ref_spikes = ref.run(np.asarray([result.token_ids], dtype=np.int64))
+    ref_logits = ref_logits[0]
+    first = len(result.prompt_ids) - 1
+    sampler = Sampler(sampling)
+    ref_tokens = [sampler(ref_logits[first + i]) for i in range(len(result.generated_ids))]
+    spikes = {k: {"identical": bool(np.array_equal(result.spikes[k], v[0])),
+                  "agreement": float(np.mean(result.spikes[k] == v[0])),
+                  "spikes": int(result.spikes[k].sum())}
+              for k, v in ref_spikes.items()}
+    prompt_next = result.token_ids[1:len(result.prompt_ids)]
+    out = {
+        "reference": "float IR (numpy interpreter)" if result.precision == "float"
+        else "quantized emulation (emulator(ir))",
+        "tokens": len(result.token_ids),
+        "max_abs_logit_diff": float(np.max(np.abs(result.logits - ref_logits))),
+        "generated_tokens_identical": ref_tokens == result.generated_ids,
+        "spikes_identical": all(s["identical"] for s in spikes.values()),
+        "spikes": spikes,
+    }
+    if prompt_next:
+        out["prompt_bits_per_token"] = bits_per_token(result.logits, prompt_next)
+        out["reference_prompt_bits_per_token"] = bits_per_token(ref_logits, prompt_next)
+    return out
+
+
+def simulate_text(bundle_path: str | Path, prompt: str, n_tokens: int, precision: str = "float",
+                  sampling: SamplingOptions = SamplingOptions(), *,
+                  timeout_s: float | None = None,
+                  on_text: Callable[[int, str, float], None] | None = None
+                  ) -> tuple[SimulationResult, str, dict[str, Any]]:
+    """The CLI's entry: encode ``prompt`` with the bundle's tokenizer, simulate, decode, and
+    compare with the reference; on_text gets (index, decoded piece, seconds) per token."""
+    t0 = time.perf_counter()
+    bundle = load_bundle(bundle_path)
+    if bundle.tokenizer is None:
+        raise BundleError(f"{bundle_path}: the bundle has no tokenizer.json; pass token ids "
+                          "through the Python API (simulation.simulate) instead")
+    tok = bundle.tokenizer
+    ids = encode_prompt(tok, prompt)
+    cb = None if on_text is None else (lambda i, t, s: on_text(i, tok.decode([t]), s))
+    result = _simulate(bundle, ids, n_tokens, precision, sampling, timeout_s, cb, None, t0)
+    return result, tok.decode(result.generated_ids), equivalence(bundle.ir, result, sampling)
