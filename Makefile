@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	@command -v bible >/dev/null || { echo "the demo reads the KJV text: apt-get install -y bible-kjv"; exit 1; }
 	$(BIN)/spikegpt-deploy evaluate --data kjv --max-tokens 16384
-	$(BIN)/spikegpt-deploy generate --prompt "In the beginning" --tokens 120 --temperature 0
-	$(BIN)/spikegpt-deploy convert --target loihi2 -o $(OUT)/bundle --force
+	$(BIN)/spikegpt-deploy generate --prompt "In the beginning" --tokens 160 --temperature 0.7 --seed 1
+	$(BIN)/spikegpt-deploy convert --target loihi2 --calibration kjv -o $(OUT)/bundle --force
 	$(BIN)/spikegpt-deploy inspect $(OUT)/bundle
 	$(BIN)/spikegpt-deploy profile --data kjv --tokens 512 --target loihi2 --target loihi --target spinnaker2 -o $(OUT)/profile
 	$(BIN)/spikegpt-deploy report $(OUT)/profile/profile.json --html $(OUT)/profile/report.html

@@ -174,12 +174,15 @@ def generate(model: str | None, prompt: str, n_tokens: int, temperature: float, 
               help="'kjv' or a text file for calibrating fixed-point ranges (default: seeded "
                    "random tokens).")
 @click.option("--calibration-tokens", default=256, show_default=True, type=int)
+@click.option("--check-tokens", default=128, show_default=True, type=int,
+              help="Tokens of the equivalence check (taken from the calibration tokens).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_model_options
 @_handle_errors
 def convert(model: str | None, target: str, out_dir: str | None, policy: str, weight_bits: int,
-            graded_bits: int, calibration: str | None, calibration_tokens: int, force: bool,
+            graded_bits: int, calibration: str | None, calibration_tokens: int,
+            check_tokens: int, force: bool,
             as_json: bool, tokenizer_path: str | None, binary_embedding: bool | None,
             rescale_every: int | None) -> None:
     """Convert MODEL (.pt, official .pth or exported .onnx) into a deployment bundle."""
@@ -188,6 +191,7 @@ def convert(model: str | None, target: str, out_dir: str | None, policy: str, we
     path, manifest = api.convert(
         model, out_dir, force=force, target=target, policy=policy, weight_bits=weight_bits,
         graded_bits=graded_bits, calibration=calibration, calibration_tokens=calibration_tokens,
+        check_tokens=check_tokens,
         tokenizer=tokenizer_path, overrides=_overrides(binary_embedding, rescale_every))
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
@@ -207,6 +211,10 @@ def convert(model: str | None, target: str, out_dir: str | None, policy: str, we
                    f"{eq['float_ir_vs_pytorch_max_abs_logit_diff']:.2e}, spikes identical: "
                    f"{eq['float_ir_spikes_identical']}; quantized greedy-token agreement "
                    f"{eq['quantized_greedy_token_agreement']:.3f}")
+        if eq.get("float_bits_per_token") is not None:
+            click.echo(f"  bits per token on the check tokens ({eq['check_tokens_source']}): "
+                       f"float {eq['float_bits_per_token']:.3f}, quantized "
+                       f"{eq['quantized_bits_per_token']:.3f}")
 
 
 @main.command()

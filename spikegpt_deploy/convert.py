@@ -39,7 +39,7 @@ class ConvertOptions:
     graded_bits: int = 8
     calibration: str | None = None      # 'kjv' | text path | None: seeded random tokens
     calibration_tokens: int = 256
-    check_tokens: int = 32
+    check_tokens: int = 128
     seed: int = 0
     tokenizer: str | None = None        # tokenizers JSON for a bare .pth
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -154,7 +154,23 @@ def step_check(ctx: ConvertContext) -> None:
         "quantized_spike_agreement": {k: float(np.mean(q_spikes[k] == ref_spikes[k]))
                                       for k in ref_spikes},
         "quantized_max_abs_logit_diff": float(np.max(np.abs(q_logits - ref_logits))),
+        # next-token cross-entropy on the check tokens (meaningful when they are real text)
+        "float_bits_per_token": _bits_per_token(ref_logits, tokens),
+        "quantized_bits_per_token": _bits_per_token(q_logits, tokens),
+        "check_tokens_source": ctx.options.calibration or "random tokens",
     }
+
+
+def _bits_per_token(logits: np.ndarray, tokens: np.ndarray) -> float | None:
+    """Mean -log2 p(next token) over a (1, T) sequence, from logits (1, T, V)."""
+    if tokens.shape[1] < 2:
+        return None
+    z = logits[:, :-1].astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    nxt = tokens[:, 1:]
+    picked = np.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
+    return float(-picked.mean() / np.log(2))
 
 
 def _ir(ctx: ConvertContext) -> IR:

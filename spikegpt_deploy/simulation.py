@@ -55,6 +55,7 @@ class SimulationResult:
     processes: dict[str, int]
     wall_s: float
     timings: dict[str, float] = field(default_factory=dict)
+    host_compute_s: dict[str, float] = field(default_factory=dict)  # per host stage, no waiting
 
     @property
     def tokens_per_s(self) -> float:
@@ -73,6 +74,7 @@ class SimulationResult:
             "timesteps_per_token": self.timesteps_per_token,
             "timesteps_why": self.timesteps_why, "num_steps": self.num_steps,
             "processes": self.processes, "wall_s": self.wall_s, "timings": self.timings,
+            "host_compute_s": self.host_compute_s,
             "tokens_per_s": self.tokens_per_s, "ms_per_step": self.step_ms,
             "firing_rates": {k: float(v.mean()) for k, v in self.spikes.items()},
             "traffic_per_token": {k: float(v.mean()) for k, v in self.traffic.items()},
@@ -87,6 +89,7 @@ def _buffers(plan: NetworkPlan, T: int, n_tokens: int) -> dict[str, Any]:
     bufs["generated"] = SharedStepBuffer((1,), max(n_tokens, 1))
     bufs["progress"] = SharedStepBuffer((1,), 1)
     bufs["traffic"] = SharedStepBuffer((max(len(plan.crossings), 1),), T)
+    bufs["host_busy"] = SharedStepBuffer((len(plan.stages),), 1)
     return bufs
 
 
@@ -163,7 +166,8 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
         timesteps_per_token=plan.period, timesteps_why=plan.critical_path, num_steps=steps,
         processes=plan.process_counts(), wall_s=time.perf_counter() - t0,
         timings={"build_s": res.build_s, "compile_s": res.compile_s, "run_s": res.run_s,
-                 "readout_s": res.readout_s, "total_run_call_s": res.total_s})
+                 "readout_s": res.readout_s, "total_run_call_s": res.total_s},
+        host_compute_s=dict(zip(plan.stages, (float(x) for x in bufs["host_busy"].read()[0]))))
 
 
 def _watch(bufs: dict[str, Any], first: int, n_tokens: int, on_token: TokenCallback,

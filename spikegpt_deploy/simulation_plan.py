@@ -81,6 +81,7 @@ class NetworkPlan:
 
 
 def stage_of(ir: IR, node: str) -> str:
+    return "host"
     op = ir.node(node)["op"]
     if op == "Input":
         return "emb"
@@ -218,6 +219,10 @@ class _Planner:
             raise SimulationError("the IR has no single 'logits' Output node")
         out = outs[0]
         a, b = self.stage[out], self.stage[inp]
+        logits = self.ir.inputs(out)[0]
+        if a == b:
+            self.records[a].append(((logits.node, logits.port), "logits"))
+            return a, b, (logits.node, logits.port)
         entries = {self.phase[out]: [PortEntry(TOKEN_KEY, 0, 1)]}
         src = self.slot(a, "host_out", OutSlot("", 1, entries))
         dst = self.slot(b, "host_in", InSlot("", 1, "latch", entries))
@@ -430,10 +435,11 @@ def plan_network(ir: IR, precision: str, prompt: list[int], n_tokens: int,
     state_init = Executor(ir).init_state(1)
     stages: dict[str, StageProgram] = {}
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-    for s in pl.stage_names:
+    for index, s in enumerate(pl.stage_names):
         slots = {n.data["attrs"]["state"] for n in nodes[s] if n.op == "StateIn"}
         prog = StageProgram(s, pl.period, num_tokens, precision, nodes[s], pl.ins[s], pl.outs[s],
-                            {k: state_init[k] for k in slots}, pl.records[s], pl.traffic[s])
+                            {k: state_init[k] for k in slots}, pl.records[s], pl.traffic[s],
+                            index=index)
         if s == emb:
             prog.prompt = list(prompt)
         if s == head:

@@ -25,6 +25,7 @@ that arrive on the phases of the populations feeding it, times each population's
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -103,6 +104,7 @@ class StageProgram:
     logits_key: Key | None = None
     sample_from: int = 0                      # head stage: first token index whose logits sample
     fault: tuple[int, int] | None = None      # test hook: raise at (token, phase)
+    index: int = 0                            # this stage's column in the 'host_busy' buffer
 
     @property
     def arrival(self) -> dict[Key, tuple[str, int]]:
@@ -165,6 +167,7 @@ class StageRunner:
         self._received: set[str] = set()
         self._sent: set[str] = set()
         self._fresh: set[Key] = set()
+        self.busy_s = 0.0  # time spent computing (not waiting on ports)
 
     # ---- ports -------------------------------------------------------------------------------
     def _recv(self, slot: str, phase: int) -> None:
@@ -214,6 +217,11 @@ class StageRunner:
         self._sent.clear()
         self._fresh.clear()
         active = token < self.p.num_tokens
+        for slot, spec in self._out.items():  # nothing to carry on this phase: send at once,
+            if not (active and spec.entries.get(phase)):  # so that no reader waits on us
+                self.ports[slot].send(np.zeros(spec.width, dtype=np.int32 if spec.integer
+                                               else np.float64))
+                self._sent.add(slot)
         for s in self.p.ins:
             if s.early:
                 self._recv(s.slot, phase)
@@ -224,10 +232,15 @@ class StageRunner:
             for n in self.by_phase.get(phase, ()):
                 for key in n.inputs:
                     self._ensure(key, phase)
+                t0 = time.perf_counter()
                 self._run(n, token)
+                self.busy_s += time.perf_counter() - t0
                 self._send_ready(phase)
+            t0 = time.perf_counter()
             self._finish_phase(token, phase)
+            self.busy_s += time.perf_counter() - t0
             self._send_ready(phase)
+            self.buffers["host_busy"].array[0, self.p.index] = self.busy_s
         for slot, spec in self._out.items():
             if slot not in self._sent:
                 self.ports[slot].send(np.zeros(spec.width, dtype=np.int32 if spec.integer
@@ -235,7 +248,7 @@ class StageRunner:
         for s in self.p.ins:
             if s.slot not in self._received:
                 self._recv(s.slot, phase)
-        if TOKEN_KEY in self._fresh and TOKEN_KEY in self.arrival:
+        if TOKEN_KEY in self._fresh and self.p.prompt is not None:
             self.token_latch = int(round(float(self.values[TOKEN_KEY].reshape(-1)[0])))
 
     def _run(self, n: HostNode, token: int) -> None:

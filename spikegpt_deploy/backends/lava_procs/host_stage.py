@@ -25,7 +25,7 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 from spikegpt_deploy.simulation_stage import StageRunner
 
-CHIP_SLOTS = 6
+CHIP_SLOTS = 40
 HOST_SLOTS = 2
 SLOT_KINDS = ("chip_in", "chip_out", "host_in", "host_out")
 
