@@ -303,11 +303,18 @@ class _Planner:
             self.conns.append(Connection(f"lif:{p.node}", "s_out", dense, "s_in"))
 
     def stage_denses(self) -> None:
-        for stage in self.stage_names:
-            sls = [n for n in self.order if self.op(n) == "SpikeLinear" and n not in self.host
-                   and {self.stage.get(c) for c in self.consumers(n)} == {stage}]
-            if not sls:
+        """One Dense per (reading host stage, layer) of spike-driven linears."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for n in self.order:
+            if self.op(n) != "SpikeLinear" or n in self.host:
                 continue
+            stages = {self.stage.get(c) for c in self.consumers(n)}
+            if len(stages) != 1 or None in stages:
+                raise SimulationError(f"SpikeLinear '{n}' feeds {self.consumers(n)}: expected "
+                                      "host nodes of one stage")
+            key = (stages.pop(), layer_of(self.ir.node(n)["module"]))
+            groups.setdefault(key, []).append(n)
+        for (stage, layer), sls in groups.items():
             parts, rows, r, kws = [], {}, 0, []
             for n in sls:
                 w, kw, codec = self._weights(n)
@@ -318,7 +325,7 @@ class _Planner:
             if any(kw != kws[0] for kw in kws):
                 raise SimulationError(f"stage {stage}: its spike-driven linears use different "
                                       "weight bits; one Dense cannot hold them")
-            name = f"dense:{stage}"
+            name = f"dense:{layer}"
             self.chip.append(ChipProcess(name, "Dense", {"weights": np.concatenate(parts), **kws[0]}))
             pops: dict[Port, int] = {}
             entries: dict[int, list[PortEntry]] = {}
