@@ -369,12 +369,15 @@ def export_onnx(model: str | None, out_path: str, tokenizer_path: str | None,
               help="0 = greedy decoding.")
 @click.option("--top-p", default=0.9, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--host-layout", type=click.Choice(["single", "layers"]), default="single",
+              show_default=True, help="One host process, or one per layer (emb, blocks.N, head).")
 @click.option("--timeout", "timeout_s", type=float, default=None,
               help="Stop the simulation after this many seconds (default: scales with length).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_handle_errors
 def simulate_cmd(bundle: str, prompt: str, n_tokens: int, precision: str, temperature: float,
-                 top_p: float, seed: int, timeout_s: float | None, as_json: bool) -> None:
+                 top_p: float, seed: int, host_layout: str, timeout_s: float | None,
+                 as_json: bool) -> None:
     """Generate text from PROMPT with BUNDLE simulated in Lava (chip and host processes)."""
     from .errors import SimulationError
     from .sampling import SamplingOptions
@@ -393,7 +396,8 @@ def simulate_cmd(bundle: str, prompt: str, n_tokens: int, precision: str, temper
     try:
         result, text, eq = simulate_text(bundle, prompt, n_tokens, precision,
                                          SamplingOptions(temperature, top_p, seed),
-                                         timeout_s=timeout_s, on_text=on_text)
+                                         timeout_s=timeout_s, host_layout=host_layout,
+                                         on_text=on_text)
     except SimulationError as exc:  # keep the simulator's traceback for -v, one line here
         logging.getLogger(__name__).info("%s", exc)
         raise SimulationError(str(exc).splitlines()[0]) from None

@@ -113,7 +113,8 @@ def _check_inputs(ir: IR, prompt_ids: list[int], n_tokens: int, precision: str,
 def simulate(bundle_path: str | Path, prompt_ids: list[int], n_tokens: int,
              precision: str = "float", sampling: SamplingOptions = SamplingOptions(), *,
              timeout_s: float | None = None, on_token: TokenCallback | None = None,
-             fault: tuple[str, int] | None = None) -> SimulationResult:
+             host_layout: str = "single", fault: tuple[str, int] | None = None
+             ) -> SimulationResult:
     """Feed ``prompt_ids`` and generate ``n_tokens`` tokens with the bundle in Lava.
 
     precision: 'float' (Lava floating_pt models) or 'fixed' (bit-accurate fixed_pt). on_token is
@@ -122,18 +123,18 @@ def simulate(bundle_path: str | Path, prompt_ids: list[int], n_tokens: int,
     test hook: (host stage, token) makes that stage raise inside its Lava process model.
     """
     return _simulate(load_bundle(bundle_path), prompt_ids, n_tokens, precision, sampling,
-                     timeout_s, on_token, fault, time.perf_counter())
+                     timeout_s, on_token, host_layout, fault, time.perf_counter())
 
 
 def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: str,
               sampling: SamplingOptions, timeout_s: float | None, on_token: TokenCallback | None,
-              fault: tuple[str, int] | None, t0: float) -> SimulationResult:
+              host_layout: str, fault: tuple[str, int] | None, t0: float) -> SimulationResult:
     from .backends.lava_network import build_network
     from .backends.lava_runner import LavaRunner, require_lava
 
     require_lava()
     ids = _check_inputs(bundle.ir, prompt_ids, n_tokens, precision, sampling)
-    plan = plan_network(bundle.ir, precision, ids, n_tokens, sampling, fault)
+    plan = plan_network(bundle.ir, precision, ids, n_tokens, sampling, fault, host_layout)
     T = len(ids) + max(n_tokens, 1) - 1
     steps = T * plan.period
     bufs = _buffers(plan, T, n_tokens)
@@ -231,7 +232,7 @@ def equivalence(ir: IR, result: SimulationResult,
 
 def simulate_text(bundle_path: str | Path, prompt: str, n_tokens: int, precision: str = "float",
                   sampling: SamplingOptions = SamplingOptions(), *,
-                  timeout_s: float | None = None,
+                  timeout_s: float | None = None, host_layout: str = "single",
                   on_text: Callable[[int, str, float], None] | None = None
                   ) -> tuple[SimulationResult, str, dict[str, Any]]:
     """The CLI's entry: encode ``prompt`` with the bundle's tokenizer, simulate, decode, and
@@ -244,5 +245,6 @@ def simulate_text(bundle_path: str | Path, prompt: str, n_tokens: int, precision
     tok = bundle.tokenizer
     ids = encode_prompt(tok, prompt)
     cb = None if on_text is None else (lambda i, t, s: on_text(i, tok.decode([t]), s))
-    result = _simulate(bundle, ids, n_tokens, precision, sampling, timeout_s, cb, None, t0)
+    result = _simulate(bundle, ids, n_tokens, precision, sampling, timeout_s, cb, host_layout,
+                       None, t0)
     return result, tok.decode(result.generated_ids), equivalence(bundle.ir, result, sampling)

@@ -1,63 +1,45 @@
-"""Plan the Lava network of a bundle's IR: processes, ports, and the phase of everything in a token.
+"""Plan the Lava network of a bundle's IR: its processes, ports, and the phase of every value.
 
-Processes (what ``backends/lava_network.py`` instantiates):
-- chip, Lava's own ``Dense``: one per host stage that reads spike-driven linears (SpikeLinear
-  rows stacked; every population it reads is connected to its ``s_in``: Lava's InPort adds the
-  connections, which realises the SpikeSum), and one per chip Linear (policy graded);
-- chip, ``GatedLIF`` (Lava's LIF models, updated once per token): one per LIF population;
-- host, ``HostStage`` (numpy, the interpreter's ops): ``emb``, ``blocks.{i}``, ``head``, chained
-  in that order; values one stage needs from an earlier one ride the chain message.
+Processes (``backends/lava_network.py`` instantiates them; details in ``simulation_chip``):
+- chip, Lava's own ``Dense``: one per layer for its spike-driven linears (the SpikeSum realised
+  by the Dense's InPort adding the populations' connections), one per chip Linear (graded);
+- chip, ``GatedLIF``: one per LIF population (Lava's LIF models, updated once per token);
+- host, ``HostStage`` (numpy, the interpreter's own ops, ``simulation_stage``): one process for
+  the whole host partition (layout 'single', the default: fewest processes), or one per layer
+  (layout 'layers': emb, blocks.N, head), chained in that order: the values a later stage needs
+  ride the chain message, the sampled token goes back to the embedding stage.
 
-Phases. Lava processes exchange messages every timestep. A Dense sends the sum of the previous
-timestep (a one-step synaptic delay); a LIF and a host stage receive and send within the same
-timestep. So the phase (timestep within the token) at which a value is ready is the number of
-Dense hops before it: phase(x) = max over inputs of phase(input) + 1 if the input comes out of a
-Dense, else + 0. A LIF updates on the phase its input arrives, a host node runs on the phase its
-last input arrives. The sampled token needs one more timestep to reach the embedding stage, so
-a token takes D = 1 + phase(logits) timesteps: two Dense hops per block (three or four with
-policy graded) plus the head's readout, plus the feedback step.
-
-A Dense's readout is phase-multiplexed: its populations fire on distinct phases, the host stage
-adds the partial sums arriving on each population's phase + 1 (times the population's
-coefficient) into the rows of the SpikeLinears that read that population.
+Phases. Lava's processes exchange messages on every timestep. A Dense sends the sum of the
+previous timestep (a one-step synaptic delay); a LIF and a host stage receive and send within
+one timestep. So the phase (timestep within the token) on which a value is ready counts the
+Dense hops before it: phase(x) = max over inputs of phase(input), + 1 for an input that leaves a
+Dense. A LIF updates on the phase its current arrives, a host node runs on the phase its last
+input arrives. The sampled token is used one timestep after the logits, so a token takes
+D = 1 + phase(logits) timesteps: two Dense hops per block (four under policy graded: att.output
+and ffn.value are Denses too), one for the head's readout, one for the token's way back.
+Populations fire on distinct phases, which lets one Dense serve several of them (see
+``simulation_chip``) and one host port receive the spikes of all LIFs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import fixed_point as fp
 from .errors import SimulationError
 from .interpreter import Executor
 from .ir import IR, Port
 from .profiling.counts import layer_of
 from .sampling import SamplingOptions
-from .simulation_stage import TOKEN_KEY, HostNode, InSlot, OutSlot, PortEntry, StageProgram
+from .simulation_chip import HOST, ChipProcess, ChipWiring, Connection
+from .simulation_stage import (SLOTS, TOKEN_KEY, HostNode, InSlot, OutSlot, PortEntry,
+                               StageProgram)
 
-HOST = "host"
 PRECISIONS = ("float", "fixed")
+HOST_LAYOUTS = ("layers", "single")
 POPULATION_OPS = ("LIF", "Heaviside")
-
-
-@dataclass
-class ChipProcess:
-    """A Lava process on the chip side: kind 'Dense' or 'GatedLIF', with its constructor kwargs."""
-
-    name: str
-    kind: str
-    kwargs: dict[str, Any]
-    phase: int = 0
-
-
-@dataclass
-class Connection:
-    src: str
-    src_port: str
-    dst: str
-    dst_port: str
 
 
 @dataclass
@@ -80,8 +62,10 @@ class NetworkPlan:
         return counts
 
 
-def stage_of(ir: IR, node: str) -> str:
-    return "host"
+def stage_of(ir: IR, node: str, layout: str = "layers") -> str:
+    """The host stage that runs ``node``: 'host' (layout 'single'), else its layer."""
+    if layout == "single":
+        return "host"
     op = ir.node(node)["op"]
     if op == "Input":
         return "emb"
@@ -103,10 +87,12 @@ def _stage_rank(name: str) -> tuple[int, int]:
     return (2, 0)
 
 
-class _Planner:
-    def __init__(self, ir: IR, precision: str) -> None:
+class _Planner(ChipWiring):
+    def __init__(self, ir: IR, precision: str, layout: str) -> None:
         if precision not in PRECISIONS:
             raise SimulationError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if layout not in HOST_LAYOUTS:
+            raise SimulationError(f"host layout {layout!r}: choose one of {', '.join(HOST_LAYOUTS)}")
         if "partition" not in ir.passes:
             raise SimulationError("the bundle's IR is not partitioned (passes: "
                                   f"{', '.join(ir.passes)}); re-run 'spikegpt-deploy convert'")
@@ -118,7 +104,7 @@ class _Planner:
         self.host = {n for n in self.order if ir.node(n).get("placement", HOST) == HOST}
         probe = Executor(ir).step(np.zeros(1, np.int64), Executor(ir).init_state(1), True)
         self.width = {k: int(np.prod(v.shape[1:])) for k, v in probe.values.items()}
-        self.stage = {n: stage_of(ir, n) for n in self.order if n in self.host}
+        self.stage = {n: stage_of(ir, n, layout) for n in self.order if n in self.host}
         self.stage_names = sorted(set(self.stage.values()), key=_stage_rank)
         self.phase: dict[str, int] = {}
         self.ins: dict[str, list[InSlot]] = {s: [] for s in self.stage_names}
@@ -127,7 +113,6 @@ class _Planner:
         self.traffic: dict[str, list] = {s: [] for s in self.stage_names}
         self.chip: list[ChipProcess] = []
         self.conns: list[Connection] = []
-        self.arrivals: dict[tuple[str, tuple], str] = {}  # (stage, key) -> slot delivering it
 
     # ---- helpers ---------------------------------------------------------------------------
     def op(self, n: str) -> str:
@@ -148,9 +133,14 @@ class _Planner:
         return pops
 
     def slot(self, stage: str, kind: str, spec: InSlot | OutSlot) -> str:
-        used = [s.slot for s in (self.ins[stage] if kind.endswith("_in") else self.outs[stage])]
-        spec.slot = f"{kind}_{sum(s.startswith(kind) for s in used)}"
-        (self.ins[stage] if kind.endswith("_in") else self.outs[stage]).append(spec)  # type: ignore
+        """Give ``spec`` the next free slot name of ``kind`` in ``stage`` and register it."""
+        specs = self.ins[stage] if kind.endswith("_in") else self.outs[stage]
+        index = sum(s.slot.startswith(kind) for s in specs)
+        if index >= SLOTS[kind.split("_")[0]]:
+            raise SimulationError(f"host stage '{stage}' needs more than {index} {kind} ports "
+                                  "(HostStage's fixed slots); use host_layout='layers'")
+        spec.slot = f"{kind}_{index}"
+        specs.append(spec)  # type: ignore[arg-type]
         return spec.slot
 
     def consumers(self, n: str, port: int = 0) -> list[str]:
@@ -211,8 +201,9 @@ class _Planner:
             dst = self.slot(b, "host_in", InSlot("", off, "latch", entries, early=True))
             self.conns.append(Connection(f"host:{a}", src, f"host:{b}", dst))
 
-    def feedback(self, prompt: list[int], sampling: SamplingOptions) -> tuple[str, str, tuple]:
-        """The sampled token goes back from the stage with the Output to the one with the Input."""
+    def feedback(self) -> tuple[str, str, str]:
+        """The sampled token goes back from the stage with the logits Output to the stage with
+        the Input (inside one stage when they are the same). Returns both stages and the Output."""
         (inp,) = list(self.ir.nodes_of("Input"))
         outs = [n for n in self.ir.nodes_of("Output") if self.ir.node(n)["attrs"]["name"] == "logits"]
         if len(outs) != 1:
@@ -220,166 +211,49 @@ class _Planner:
         out = outs[0]
         a, b = self.stage[out], self.stage[inp]
         logits = self.ir.inputs(out)[0]
-        if a == b:
-            self.records[a].append(((logits.node, logits.port), "logits"))
-            return a, b, (logits.node, logits.port)
-        entries = {self.phase[out]: [PortEntry(TOKEN_KEY, 0, 1)]}
-        src = self.slot(a, "host_out", OutSlot("", 1, entries))
-        dst = self.slot(b, "host_in", InSlot("", 1, "latch", entries))
-        self.conns.append(Connection(f"host:{a}", src, f"host:{b}", dst))
-        logits = self.ir.inputs(out)[0]
         self.records[a].append(((logits.node, logits.port), "logits"))
-        return a, b, (logits.node, logits.port)
+        if a != b:
+            entries = {self.phase[out]: [PortEntry(TOKEN_KEY, 0, 1)]}
+            src = self.slot(a, "host_out", OutSlot("", 1, entries))
+            dst = self.slot(b, "host_in", InSlot("", 1, "latch", entries))
+            self.conns.append(Connection(f"host:{a}", src, f"host:{b}", dst))
+        return a, b, out
+
+    @staticmethod
+    def _free(specs: list, group: str, width: int, phase: int) -> Any:
+        """A slot of ``group`` and ``width`` that carries nothing on ``phase`` (to share)."""
+        return next((s for s in specs if group and s.group == group and s.width == width
+                     and phase not in s.entries), None)
 
     def host_out(self, n: Port, codec: tuple, integer: bool, dst: str, dst_port: str,
-                 reuse: bool = False) -> None:
-        """An out slot of n's stage that sends n's value (encoded) to a chip process."""
-        stage, key = self.stage[n.node], (n.node, n.port)
-        existing = [s for s in self.outs[stage] if reuse and
-                    any(e.key == key and e.codec == codec for es in s.entries.values() for e in es)]
-        if existing:
-            slot = existing[0].slot
-        else:
-            entries = {self.phase[n.node]: [PortEntry(key, 0, self.width[key], codec)]}
-            slot = self.slot(stage, "chip_out", OutSlot("", self.width[key], entries, integer))
-        self.conns.append(Connection(f"host:{stage}", slot, dst, dst_port))
+                 group: str = "") -> None:
+        """Send n's value (encoded) from its stage to a chip process. The same value and codec
+        share one port (fan-out); values of one ``group`` on distinct phases share one port too
+        (phase-multiplexed)."""
+        stage, key, phase = self.stage[n.node], (n.node, n.port), self.phase[n.node]
+        entry = PortEntry(key, 0, self.width[key], codec)
+        same = [s for s in self.outs[stage] if entry in s.entries.get(phase, [])]
+        spec = same[0] if same else self._free(self.outs[stage], group, self.width[key], phase)
+        if spec is None:
+            spec = OutSlot("", self.width[key], {}, integer, group=group)
+            self.slot(stage, "chip_out", spec)
+        if not same:
+            spec.entries[phase] = [entry]
+        self.conns.append(Connection(f"host:{stage}", spec.slot, dst, dst_port))
 
     def host_in(self, stage: str, src: str, entries: dict[int, list[PortEntry]], width: int,
-                mode: str) -> None:
-        slot = self.slot(stage, "chip_in", InSlot("", width, mode, entries))
+                mode: str, group: str = "") -> None:
+        """Receive a chip process's output in ``stage``. Outputs of one ``group`` arriving on
+        distinct phases share one port (Lava adds the connections; e.g. the spikes of all LIFs
+        a stage reads: only the active one sends non-zeros)."""
+        (phase,) = entries if group else (None,)
+        spec = self._free(self.ins[stage], group, width, phase) if group else None
+        if spec is None:
+            spec = InSlot("", width, mode, {}, group=group)
+            self.slot(stage, "chip_in", spec)
+        spec.entries.update(entries)
         self.conns.append(Connection(src, "a_out" if src.startswith("dense:") else "s_out",
-                                     f"host:{stage}", slot))
-
-    # ---- chip processes --------------------------------------------------------------------
-    def lifs(self) -> None:
-        for n in self.order:
-            if self.op(n) != "LIF" or n in self.host:
-                continue
-            a = self.ir.node(n)["attrs"]
-            x, v = self.ir.inputs(n)
-            init = float(self.ir.node(v.node)["attrs"].get("init", 0.0))
-            if self.fixed:
-                if "vth_fixed" not in a:
-                    raise SimulationError(f"LIF '{n}' has no fixed-point parameters; re-run convert")
-                kw = {"du": a["du_fixed"], "dv": a["dv_fixed"], "vth": a["vth_fixed"],
-                      "v": int(round(init))}
-                codec: tuple = ("current", 2.0 ** a["input_scale_bits"])
-            else:
-                tau, th = float(a["tau"]), float(a["threshold"])
-                kw = {"du": 1.0, "dv": 1.0 / tau, "vth": float(np.nextafter(th, 0.0)), "v": init}
-                codec = ("gain", 1.0 / tau)
-            name = f"lif:{n}"
-            self.chip.append(ChipProcess(name, "GatedLIF", {"shape": (self.width[(n, 0)],), **kw},
-                                         self.phase[n]))
-            if x.node in self.host:
-                self.host_out(x, codec, self.fixed, name, "a_in")
-            elif self.op(x.node) != "Linear":
-                raise SimulationError(f"LIF '{n}' reads '{x.node}' ({self.op(x.node)}) on the chip; "
-                                      "the simulator connects LIFs to host currents or a Dense")
-            for stage in sorted({self.stage[c] for c in self.consumers(n, 0) if c in self.host},
-                                key=_stage_rank):
-                w = self.width[(n, 0)]
-                self.host_in(stage, name, {self.phase[n]: [PortEntry((n, 0), 0, w)]}, w, "latch")
-            for c in self.consumers(n, 1):
-                if self.op(c) != "StateOut" or c in self.host:
-                    raise SimulationError(f"'{c}' reads the membrane of LIF '{n}'; only the LIF "
-                                          "itself may (it stays on the chip)")
-
-    def _weights(self, n: str, scale: float = 1.0) -> tuple[np.ndarray, dict, tuple]:
-        """Dense weights, kwargs and readout codec for a host readout of chip linear n."""
-        d = self.ir.node(n)
-        if not self.fixed:
-            return d["params"]["weight"].astype(np.float64), {}, ("float",)
-        bits = int(d["attrs"]["weight_bits"])
-        k = fp.DENSE_WEIGHT_BITS + 1 - bits  # as QuantizedWeights.lava_dense_kwargs; exp -k:
-        w = np.left_shift(d["params"]["weight_q"].astype(np.int32), k)  # the sum of mantissas
-        return w, {"weight_exp": -k, "num_weight_bits": bits}, \
-            ("scale", float(d["attrs"]["weight_scale"]) * scale)
-
-    def pop_source(self, p: Port, dense: str) -> None:
-        if p.node in self.host:  # the binary embedding: a host value sent as spikes
-            self.host_out(p, ("float",), self.fixed, dense, "s_in", reuse=True)
-        else:
-            self.conns.append(Connection(f"lif:{p.node}", "s_out", dense, "s_in"))
-
-    def stage_denses(self) -> None:
-        """One Dense per (reading host stage, layer) of spike-driven linears."""
-        groups: dict[tuple[str, str], list[str]] = {}
-        for n in self.order:
-            if self.op(n) != "SpikeLinear" or n in self.host:
-                continue
-            stages = {self.stage.get(c) for c in self.consumers(n)}
-            if len(stages) != 1 or None in stages:
-                raise SimulationError(f"SpikeLinear '{n}' feeds {self.consumers(n)}: expected "
-                                      "host nodes of one stage")
-            key = (stages.pop(), layer_of(self.ir.node(n)["module"]))
-            groups.setdefault(key, []).append(n)
-        for (stage, layer), sls in groups.items():
-            parts, rows, r, kws = [], {}, 0, []
-            for n in sls:
-                w, kw, codec = self._weights(n)
-                parts.append(w)
-                rows[n] = (r, r + w.shape[0], codec)
-                r += w.shape[0]
-                kws.append(kw)
-            if any(kw != kws[0] for kw in kws):
-                raise SimulationError(f"stage {stage}: its spike-driven linears use different "
-                                      "weight bits; one Dense cannot hold them")
-            name = f"dense:{layer}"
-            self.chip.append(ChipProcess(name, "Dense", {"weights": np.concatenate(parts), **kws[0]}))
-            pops: dict[Port, int] = {}
-            entries: dict[int, list[PortEntry]] = {}
-            for n in sls:
-                for p, coef in self.sources(n):
-                    if self.fixed and coef != int(coef):
-                        raise SimulationError(f"'{n}': spike coefficient {coef} is not an integer")
-                    pops[p] = arrival = self.phase[p.node] + 1
-                    r0, r1, codec = rows[n]
-                    entries.setdefault(arrival, []).append(PortEntry((n, 0), r0, r1, codec, coef))
-            if len(set(pops.values())) != len(pops):
-                raise SimulationError(f"{name}: two of its populations fire on the same phase, so "
-                                      "its phase-multiplexed readout cannot tell them apart")
-            for p in pops:
-                self.pop_source(p, name)
-            self.host_in(stage, name, entries, r, "accumulate")
-
-    def graded_denses(self) -> None:
-        for n in self.order:
-            if self.op(n) != "Linear" or n in self.host:
-                continue
-            a = self.ir.node(n)["attrs"]
-            (x,) = self.ir.inputs(n)
-            cons = self.consumers(n)
-            to_lif = len(cons) == 1 and self.op(cons[0]) == "LIF"
-            name = f"dense:{n}"
-            kw: dict[str, Any] = {"num_message_bits": int(a.get("graded_bits", 8))}
-            if self.fixed:
-                qmax = 2 ** (int(a["graded_bits"]) - 1) - 1
-                in_codec: tuple = ("graded", float(a["input_step"]), qmax)
-            else:
-                in_codec = ("float",)
-            if to_lif and self.fixed:
-                kw.update(weights=self.ir.node(n)["params"]["weight_lava"].astype(np.int32),
-                          weight_exp=int(a["weight_exp_lava"]),
-                          num_weight_bits=int(a["weight_bits"]))
-            elif to_lif:
-                gain = 1.0 / float(self.ir.node(cons[0])["attrs"]["tau"])
-                kw["weights"] = self.ir.node(n)["params"]["weight"].astype(np.float64) * gain
-            else:
-                w, wkw, codec = self._weights(n, float(a["input_step"]) if self.fixed else 1.0)
-                kw.update(weights=w, **wkw)
-            self.chip.append(ChipProcess(name, "Dense", kw))
-            self.host_out(x, in_codec, self.fixed, name, "s_in")
-            if to_lif:
-                self.conns.append(Connection(name, "a_out", f"lif:{cons[0]}", "a_in"))
-                continue
-            stages = {self.stage.get(c) for c in cons}
-            if len(stages) != 1 or None in stages:
-                raise SimulationError(f"chip Linear '{n}' feeds {cons}: expected one LIF or host "
-                                      "nodes of one stage")
-            w = self.width[(n, 0)]
-            self.host_in(stages.pop(), name, {self.phase[n]: [PortEntry((n, 0), 0, w, codec)]},
-                         w, "accumulate")
+                                     f"host:{stage}", spec.slot))
 
     # ---- results -----------------------------------------------------------------------------
     def records_and_traffic(self) -> tuple[dict[str, int], list[str]]:
@@ -424,16 +298,17 @@ class _Planner:
 
 
 def plan_network(ir: IR, precision: str, prompt: list[int], n_tokens: int,
-                 sampling: SamplingOptions, fault: tuple[str, int] | None = None) -> NetworkPlan:
+                 sampling: SamplingOptions, fault: tuple[str, int] | None = None,
+                 host_layout: str = "single") -> NetworkPlan:
     """The Lava network that runs ``len(prompt) + n_tokens - 1`` tokens of ``ir`` (see module doc).
 
     fault: test hook, (stage, token): that host stage raises RuntimeError on that token.
     """
-    pl = _Planner(ir, precision)
+    pl = _Planner(ir, precision, host_layout)
     pl.schedule()
     nodes = pl.host_nodes()
     pl.chain()
-    head, emb, logits_key = pl.feedback(prompt, sampling)
+    head, emb, out = pl.feedback()
     pl.lifs()
     pl.stage_denses()
     pl.graded_denses()
@@ -450,7 +325,9 @@ def plan_network(ir: IR, precision: str, prompt: list[int], n_tokens: int,
         if s == emb:
             prog.prompt = list(prompt)
         if s == head:
-            prog.sampling, prog.logits_key = sampling, logits_key
+            prog.sampling = sampling
+            logits = ir.inputs(out)[0]
+            prog.logits_key = (logits.node, logits.port)
             prog.sample_from = len(prompt) - 1 if n_tokens > 0 else num_tokens
         if fault is not None and fault[0] == s:
             prog.fault = (int(fault[1]), min((n.phase for n in nodes[s]), default=0))
@@ -458,6 +335,5 @@ def plan_network(ir: IR, precision: str, prompt: list[int], n_tokens: int,
         shapes[s] = {x.slot: (x.width,) for x in [*pl.ins[s], *pl.outs[s]]}
     if fault is not None and fault[0] not in stages:
         raise SimulationError(f"fault hook: no host stage '{fault[0]}' ({', '.join(stages)})")
-    out = [n for n in ir.nodes_of("Output")][0]
     return NetworkPlan(pl.period, precision, stages, shapes, pl.chip, pl.conns, pops, crossings,
                        pl.critical_path(out), int(ir.config["vocab_size"]))

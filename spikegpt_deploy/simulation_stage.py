@@ -6,18 +6,21 @@ host math is the IR's. Token k occupies Lava timesteps k*D+1 .. (k+1)*D (D = ``p
 host node, value and port entry has a fixed *phase* (0..D-1) inside that window, computed by
 ``simulation_plan``. On each timestep the stage:
 
-1. receives its ``early`` ports (the chain message of the previous stage) and latches the values
-   that arrive on this phase;
+1. sends zeros at once on every out port that carries nothing on this phase (so that no reader
+   waits on this stage when it has nothing to say), then receives its ``early`` port (the chain
+   message of the previous stage, layout 'layers') and latches what arrives on this phase;
 2. runs the nodes of this phase in topological order; before a node it receives any port that
-   delivers one of its inputs on this phase (e.g. the spikes of a LIF it has just driven), after it
-   sends every out port whose values for this phase are all ready (a LIF waits for its current);
-3. records spikes / logits / traffic into shared buffers, samples the next token (head stage);
-4. sends zeros on the out ports that carry nothing this phase, then receives the rest.
+   delivers one of its inputs on this phase (e.g. the spikes of a LIF it has just driven), after
+   it sends every out port whose values for this phase are all ready (a LIF waits for its
+   current);
+3. records spikes / logits / traffic into shared buffers and samples the next token (the stage
+   with the logits);
+4. receives the ports it has not read yet (their values wait for a later phase).
 
 Every port is received and sent exactly once per timestep, as Lava's LoihiProtocol requires.
-Data only move forward inside a timestep (stage i waits on stage i-1 and on chip processes it
-feeds), so the order above cannot deadlock; the sampled token goes back to the embedding stage
-on a port that stage reads at the end of its step and uses on the next token.
+Inside a timestep data only move forward (a stage waits on the previous stage and on the chip
+processes it feeds), so this order cannot deadlock; the sampled token is latched at the end of
+the timestep and used on the next token.
 
 Port entries are latched (one value per token) or accumulated (a Dense readout: the partial sums
 that arrive on the phases of the populations feeding it, times each population's coefficient).
@@ -38,6 +41,9 @@ from .sampling import Sampler, SamplingOptions
 Key = tuple  # (node id, output port)
 F32 = np.float32
 TOKEN_KEY: Key = ("__token__", 0)
+# Port slots of a HostStage process per direction ('chip': to Lava's Dense / GatedLIF, 'host': to
+# other stages). A ProcessModel declares its ports statically, so the number is fixed.
+SLOTS = {"chip": 64, "host": 2}
 
 
 @dataclass
@@ -75,6 +81,7 @@ class InSlot:
     mode: str                                  # 'latch' | 'accumulate'
     entries: dict[int, list[PortEntry]]        # arrival phase -> entries
     early: bool = False                        # received first on every timestep (chain message)
+    group: str = ""                            # planner: slots of one group may share a port
 
 
 @dataclass
@@ -83,6 +90,7 @@ class OutSlot:
     width: int
     entries: dict[int, list[PortEntry]]        # sending phase -> entries
     integer: bool = False                      # int32 payload (into a bit-accurate process)
+    group: str = ""                            # planner: slots of one group may share a port
 
 
 @dataclass

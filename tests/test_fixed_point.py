@@ -167,7 +167,7 @@ def nir_lif_to_lava(dt: float = 1e-4):
     v_leak dt/tau, vth = v_threshold. Fixed point: values x 2**8 (weight, vth) and x 2**12 (dv),
     truncated by int(); du = 4095. The traces fit exactly with these; they cannot tell 2**8 from
     250 or 2**12 from 4095 (same integers: w 10, vth 25, dv 163)."""
-    nir = pytest.importorskip("nir")
+    import nir
     g = nir.read(str(NIR_DIR / "lif_norse.nir"))
     lif, aff = g.nodes["1"], g.nodes["0"]
     gain = np.float32(dt) / lif.tau[0]  # float32, as NIR stores parameters

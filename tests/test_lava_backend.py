@@ -20,8 +20,6 @@ if str(ROOT) not in sys.path:  # lava's wheels install a top-level `tests` packa
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-pytest.importorskip("lava")
-
 from spikegpt_deploy import fixed_point as fp  # noqa: E402
 from spikegpt_deploy.backends.base import SimulationBackend  # noqa: E402
 from spikegpt_deploy.backends.lava_runner import LavaNetwork, LavaRunner  # noqa: E402
@@ -104,7 +102,7 @@ def _assert_clean(runner: LavaRunner) -> None:
 
 # ----------------------------------------------------------------------------- numerics
 def test_float_lif_reproduces_lif_step():
-    torch = pytest.importorskip("torch")
+    import torch
     from spikegpt_deploy.model.layers import lif_step
 
     m = fp.map_lif()

@@ -6,7 +6,8 @@ ports statically, so a stage has fixed slots: ``chip_in_i`` / ``chip_out_i`` tal
 processes (Lava's Dense, GatedLIF) and carry int32 under fixed_pt (a bit-accurate process must
 receive integers, lava-notes); ``host_in_i`` / ``host_out_i`` talk to other host stages and carry
 float64 (exact for the float32 values of the IR). Unused slots have shape (1,) and stay
-unconnected. No torch here: it deadlocks under Lava's fork.
+unconnected (``simulation_stage.SLOTS`` sets how many there are). No torch here: it deadlocks
+under Lava's fork.
 """
 
 from __future__ import annotations
@@ -23,15 +24,13 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from spikegpt_deploy.simulation_stage import StageRunner
+from spikegpt_deploy.simulation_stage import SLOTS, StageRunner
 
-CHIP_SLOTS = 40
-HOST_SLOTS = 2
 SLOT_KINDS = ("chip_in", "chip_out", "host_in", "host_out")
 
 
 def slot_names(kind: str) -> list[str]:
-    return [f"{kind}_{i}" for i in range(CHIP_SLOTS if kind.startswith("chip") else HOST_SLOTS)]
+    return [f"{kind}_{i}" for i in range(SLOTS[kind.split("_")[0]])]
 
 
 class HostStage(AbstractProcess):
@@ -42,8 +41,8 @@ class HostStage(AbstractProcess):
                  buffers: ty.Dict[str, ty.Any], name: ty.Optional[str] = None) -> None:
         unknown = sorted(set(shapes) - {s for k in SLOT_KINDS for s in slot_names(k)})
         if unknown:
-            raise ValueError(f"HostStage {name}: no port slots {unknown} (it has {CHIP_SLOTS} "
-                             f"chip and {HOST_SLOTS} host slots per direction)")
+            raise ValueError(f"HostStage {name}: no port slots {unknown} (it has {SLOTS['chip']} "
+                             f"chip and {SLOTS['host']} host slots per direction)")
         super().__init__(program=program, buffers=buffers, used=sorted(shapes), name=name)
         for kind in SLOT_KINDS:
             port_cls = InPort if kind.endswith("_in") else OutPort
