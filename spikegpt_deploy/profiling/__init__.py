@@ -16,8 +16,8 @@ import numpy as np
 from hw_profiles import HardwareProfile, load_profile
 
 from ..errors import ConversionError, DataError, ProfileError
-from .counts import (HOST_OP_KINDS, OpCounts, ann_op_counts, count_ops, layer_of, op_cost,
-                     record_spikes_pytorch)
+from .counts import OpCounts, count_ops, layer_of, record_spikes_pytorch
+from .op_costs import HOST_OP_KINDS, ann_op_counts, op_cost
 from .pricing import (PAPER_FIRING_RATE, ProfileResult, load_host, paper_formula, price_ann,
                       price_target)
 
