@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from conftest import make_tiny_model, random_text
 from spikegpt_deploy import api
