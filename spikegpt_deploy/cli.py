@@ -390,8 +390,8 @@ def simulate_cmd(bundle: str, prompt: str, n_tokens: int, precision: str, temper
             click.echo((prompt if i == 0 else "") + piece, nl=False)
             sys.stdout.flush()
         first.append(seconds)
-        rate = (i / (seconds - first[0])) if i and seconds > first[0] else 0.0
-        click.echo(f"\r[{i + 1}/{n_tokens} tokens, {rate:.1f} tok/s]", err=True, nl=False)
+        rate = f"{i / (seconds - first[0]):.1f}" if i and seconds > first[0] else "-"
+        click.echo(f"\r[{i + 1}/{n_tokens} tokens, {rate} tok/s]", err=True, nl=False)
 
     try:
         result, text, eq = simulate_text(bundle, prompt, n_tokens, precision,

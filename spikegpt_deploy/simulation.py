@@ -1,12 +1,23 @@
-"""Simulate a deployment bundle in Lava: generate tokens with the chip partition on Lava's own
-Dense and LIF models and the host partition in numpy host processes, built from the bundle's IR.
+"""Simulate a deployment bundle in Lava, built from the bundle's IR (not from PyTorch).
 
-``simulate(bundle, prompt_ids, n_tokens, precision)`` runs one Lava network for the whole
-generation (the sampled token is fed back inside the network), supervised by ``LavaRunner``
-(cleanup guaranteed on errors, timeouts and Ctrl-C), and returns logits, generated ids, spikes
-per population, chip-host traffic per crossing, and timings. Design: ``simulation_plan``
-(processes, phases, D timesteps per token), ``simulation_stage`` (host processes),
-``backends/lava_procs/gated_lif.py`` (Lava's LIF updated once per token).
+``simulate(bundle, prompt_ids, n_tokens, precision)`` runs ONE Lava network for the whole
+generation: the prompt is fed token by token, then the sampled token is fed back inside the
+network. ``LavaRunner`` supervises the run (Lava's processes in their own process group; killed,
+and their /dev/shm segments unlinked, on an error, a timeout or Ctrl-C). The result holds the
+logits and spikes of every fed token, the generated ids, the traffic of every chip-host crossing
+per token, the timesteps per token and why, and timings.
+
+The network (``simulation_plan`` for the schedule, ``simulation_chip`` for the chip side,
+``simulation_stage`` for the host side):
+- chip: Lava's own ``Dense`` for the spike-driven linears (one per layer, weights stacked; the
+  SpikeSum is the Dense's InPort adding its populations' connections) and for the chip linears
+  of policy graded; ``GatedLIF`` (Lava's float / bit-accurate LIF arithmetic, updated once per
+  token) for every LIF population;
+- host: ``HostStage`` processes (numpy, the interpreter's FLOAT_OPS): one for the whole host
+  partition (default) or one per layer ('layers'), wired to the chip processes port to port.
+A token takes D Lava timesteps, one per Dense hop on its longest path (two per block, four under
+policy graded, one for the head) plus one to feed the sampled token back; every process gets a
+phase in 0..D-1 and works on that timestep of each token.
 
 ``equivalence(ir, result)`` compares a run with the bundle's own numpy references: the float IR
 (``interpreter.Executor``) for precision 'float', the quantized emulation (``emulator(ir)``) for
@@ -97,10 +108,15 @@ def _check_inputs(ir: IR, prompt_ids: list[int], n_tokens: int, precision: str,
                   sampling: SamplingOptions) -> list[int]:
     if precision not in PRECISIONS:
         raise SimulationError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if isinstance(n_tokens, bool) or int(n_tokens) != n_tokens or n_tokens < 0:
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or n_tokens < 0:
         raise DataError(f"--tokens must be an integer >= 0, got {n_tokens!r}")
     sampling.validate()
-    ids = [int(t) for t in prompt_ids]
+    try:
+        ids = [int(t) for t in prompt_ids]
+        if any(t != r for t, r in zip(ids, prompt_ids)):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise DataError(f"prompt token ids must be integers, got {prompt_ids!r:.80}") from None
     if not ids:
         raise DataError("the prompt is empty; pass at least one token")
     vocab = int(ir.config["vocab_size"])
@@ -142,21 +158,19 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
                         timeout_s=timeout_s or 120.0 + 0.5 * steps)
     log.info("simulate: %d tokens x %d timesteps, processes %s", T, plan.period,
              plan.process_counts())
+    stream = _TokenStream(bufs, len(ids) - 1, n_tokens, on_token, t0)
     stop = threading.Event()
-    watcher = None
+    watcher = threading.Thread(target=stream.watch, args=(stop,), daemon=True)
     if on_token is not None and n_tokens > 0:
-        watcher = threading.Thread(target=_watch, args=(bufs, len(ids) - 1, n_tokens, on_token,
-                                                        stop, t0), daemon=True)
         watcher.start()
     try:
         res = runner.run(steps)
     finally:
         stop.set()
-        if watcher is not None:
+        if watcher.is_alive():
             watcher.join(5.0)
+    stream.pump()  # whatever the watcher had not delivered yet
     generated = [int(t) for t in bufs["generated"].read()[:n_tokens, 0]]
-    if on_token is not None:
-        _deliver(on_token, generated, int(getattr(watcher, "delivered", 0)), t0)
     logits = bufs["logits"].read().astype(np.float32)
     traffic = bufs["traffic"].read().astype(np.int64)
     return SimulationResult(
@@ -171,26 +185,30 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
         host_compute_s=dict(zip(plan.stages, (float(x) for x in bufs["host_busy"].read()[0]))))
 
 
-def _watch(bufs: dict[str, Any], first: int, n_tokens: int, on_token: TokenCallback,
-           stop: threading.Event, t0: float) -> None:
-    me = threading.current_thread()
-    delivered = 0
-    while delivered < n_tokens:
-        done = int(bufs["progress"].array[0, 0])
-        ready = min(max(done - first, 0), n_tokens)
-        while delivered < ready:
-            on_token(delivered, int(bufs["generated"].array[delivered, 0]),
-                     time.perf_counter() - t0)
-            delivered += 1
-            me.delivered = delivered  # type: ignore[attr-defined]
-        if stop.is_set():
-            break
-        time.sleep(0.02)
+class _TokenStream:
+    """Hands each generated token to ``on_token`` once, in order, as soon as the network's head
+    stage has written it to the shared buffers (from a watcher thread, then after the run)."""
 
+    def __init__(self, bufs: dict[str, Any], first: int, n_tokens: int,
+                 on_token: TokenCallback | None, t0: float) -> None:
+        self.bufs, self.first, self.n, self.on_token, self.t0 = bufs, first, n_tokens, on_token, t0
+        self.delivered = 0
+        self.lock = threading.Lock()
 
-def _deliver(on_token: TokenCallback, generated: list[int], delivered: int, t0: float) -> None:
-    for i in range(delivered, len(generated)):
-        on_token(i, generated[i], time.perf_counter() - t0)
+    def pump(self) -> None:
+        if self.on_token is None:
+            return
+        with self.lock:
+            ready = min(max(int(self.bufs["progress"].array[0, 0]) - self.first, 0), self.n)
+            while self.delivered < ready:
+                tok = int(self.bufs["generated"].array[self.delivered, 0])
+                self.on_token(self.delivered, tok, time.perf_counter() - self.t0)
+                self.delivered += 1
+
+    def watch(self, stop: threading.Event) -> None:
+        while not stop.is_set() and self.delivered < self.n:
+            self.pump()
+            stop.wait(0.02)
 
 
 def bits_per_token(logits: np.ndarray, next_ids: list[int]) -> float:

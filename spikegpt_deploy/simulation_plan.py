@@ -92,7 +92,8 @@ class _Planner(ChipWiring):
         if precision not in PRECISIONS:
             raise SimulationError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         if layout not in HOST_LAYOUTS:
-            raise SimulationError(f"host layout {layout!r}: choose one of {', '.join(HOST_LAYOUTS)}")
+            raise SimulationError(f"host layout {layout!r}: choose one of "
+                                  f"{', '.join(HOST_LAYOUTS)}")
         if "partition" not in ir.passes:
             raise SimulationError("the bundle's IR is not partitioned (passes: "
                                   f"{', '.join(ir.passes)}); re-run 'spikegpt-deploy convert'")
@@ -205,7 +206,8 @@ class _Planner(ChipWiring):
         """The sampled token goes back from the stage with the logits Output to the stage with
         the Input (inside one stage when they are the same). Returns both stages and the Output."""
         (inp,) = list(self.ir.nodes_of("Input"))
-        outs = [n for n in self.ir.nodes_of("Output") if self.ir.node(n)["attrs"]["name"] == "logits"]
+        outs = [n for n in self.ir.nodes_of("Output")
+                if self.ir.node(n)["attrs"]["name"] == "logits"]
         if len(outs) != 1:
             raise SimulationError("the IR has no single 'logits' Output node")
         out = outs[0]
@@ -319,6 +321,10 @@ def plan_network(ir: IR, precision: str, prompt: list[int], n_tokens: int,
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     for index, s in enumerate(pl.stage_names):
         slots = {n.data["attrs"]["state"] for n in nodes[s] if n.op == "StateIn"}
+        written = {n.data["attrs"]["state"] for n in nodes[s] if n.op == "StateOut"}
+        if written - slots:
+            raise SimulationError(f"host stage '{s}' writes state {sorted(written - slots)} that "
+                                  "another stage reads; use host_layout='single'")
         prog = StageProgram(s, pl.period, num_tokens, precision, nodes[s], pl.ins[s], pl.outs[s],
                             {k: state_init[k] for k in slots}, pl.records[s], pl.traffic[s],
                             index=index)

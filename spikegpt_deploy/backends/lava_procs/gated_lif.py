@@ -1,12 +1,14 @@
 """GatedLIF: Lava's LIF whose update runs once per token, on one timestep of every ``period``.
 
 SpikeGPT's LIF updates once per token (tau = 2 per token, spec 2.7), but a token needs ``period``
-(D) Lava timesteps to cross the simulated pipeline, and Lava's LIF decays on every timestep. This
-process is Lava's ``LIF`` (same Vars, same ports, same parameters) plus two process parameters,
-``period`` and ``phase``: on the timestep t (1-based) with ``(t - 1) % period == phase`` the model
-runs Lava's own LIF update unchanged (``PyLifModelFloat`` / ``PyLifModelBitAcc``: decay, integrate,
-fire, reset); on every other timestep it consumes its input (zero by construction of the schedule),
-sends no spikes and leaves u and v untouched. On Loihi 2 neurons are microcoded, so this is a
+(D) Lava timesteps to cross the simulated pipeline, and Lava's LIF decays on every timestep: over
+D - 1 idle timesteps v would shrink by (1 - dv)**(D - 1), truncated at every step by the
+bit-accurate model, so no choice of du, dv reproduces one tau = 2 update per token. This process
+is Lava's ``LIF`` (same Vars, ports and parameters) plus two process parameters, ``period`` and
+``phase``: on the timesteps t (1-based) with ``(t - 1) % period == phase`` the model runs Lava's
+own LIF update unchanged (``PyLifModelFloat`` / ``PyLifModelBitAcc``: decay, integrate, fire,
+reset); on every other timestep it consumes its input (zero by construction of the schedule),
+sends zeros and leaves u and v untouched. On Loihi 2 neurons are microcoded, so this is a
 programmable neuron model: the standard LIF program behind a timestep condition.
 """
 

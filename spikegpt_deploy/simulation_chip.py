@@ -1,0 +1,214 @@
+"""The chip side of the simulated network: Lava's Dense and GatedLIF processes and their wiring.
+
+``ChipWiring`` is a mixin of ``simulation_plan._Planner`` (it uses the planner's schedule, widths
+and host-port helpers). What it plans, per precision:
+
+- LIF population -> ``GatedLIF``. float: Lava's float LIF with du = 1, dv = 1/tau, vth just
+  below the threshold (Lava fires on v > vth, SpikeGPT on H >= threshold), fed 1/tau times the
+  host current (``fixed_point.map_lif``). fixed: the quantize pass's du/dv/vth, fed the host's
+  current rounded to the population's a_in resolution, as ``QUANT_OPS`` does.
+- spike-driven linears (SpikeLinear) -> one Lava ``Dense`` per (reading host stage, layer) with
+  their weights stacked. Every population a SpikeLinear reads, directly or through a SpikeSum,
+  is connected to the Dense's ``s_in``; Lava's InPort adds its connections, and the populations
+  fire on distinct phases, so the host reads each population's contribution on its own phase
+  and adds it, times the SpikeSum coefficient, to the rows of the SpikeLinears that read it
+  (the SpikeSum, realised by identity connections plus a phase-multiplexed readout). fixed: the
+  weights are the quantized mantissas shifted left by k = 9 - weight_bits with weight_exp = -k
+  (so Lava's mixed-sign LSB drop loses nothing and the Dense delivers the exact integer sum of
+  mantissas); the host multiplies that integer by the layer's weight_scale, as QUANT_OPS does.
+- chip Linear (policy graded) -> its own ``Dense`` with graded input (num_message_bits > 0). Into
+  a LIF (att.output): fixed uses the quantize pass's Lava weights and exponent, and the Dense's
+  output is the LIF's a_in; float uses W / tau. Into the host (ffn.value): as a SpikeLinear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import fixed_point as fp
+from .errors import SimulationError
+from .ir import Port
+from .profiling.counts import layer_of
+from .simulation_stage import PortEntry
+
+HOST = "host"
+
+
+@dataclass
+class ChipProcess:
+    """A Lava process on the chip side: kind 'Dense' or 'GatedLIF', with its constructor kwargs."""
+
+    name: str
+    kind: str
+    kwargs: dict[str, Any]
+    phase: int = 0
+
+
+@dataclass
+class Connection:
+    src: str
+    src_port: str
+    dst: str
+    dst_port: str
+
+
+class ChipWiring:
+    """Planner mixin: adds the chip processes and their connections (module docstring)."""
+
+    ir: Any
+    order: list[str]
+    host: set[str]
+    fixed: bool
+    phase: dict[str, int]
+    width: dict[tuple, int]
+    stage: dict[str, str]
+    stage_names: list[str]
+    chip: list[ChipProcess]
+    conns: list[Connection]
+    # and the planner's methods op, consumers, sources, host_out, host_in
+
+    def lifs(self) -> None:
+        for n in self.order:
+            if self.op(n) != "LIF" or n in self.host:
+                continue
+            a = self.ir.node(n)["attrs"]
+            x, v = self.ir.inputs(n)
+            init = float(self.ir.node(v.node)["attrs"].get("init", 0.0))
+            if self.fixed:
+                self._require(n, "du_fixed", "dv_fixed", "vth_fixed", "input_scale_bits")
+                kw = {"du": a["du_fixed"], "dv": a["dv_fixed"], "vth": a["vth_fixed"],
+                      "v": int(round(init))}
+                codec: tuple = ("current", 2.0 ** a["input_scale_bits"])
+            else:
+                tau, th = float(a["tau"]), float(a["threshold"])
+                kw = {"du": 1.0, "dv": 1.0 / tau, "vth": float(np.nextafter(th, 0.0)), "v": init}
+                codec = ("gain", 1.0 / tau)
+            name = f"lif:{n}"
+            self.chip.append(ChipProcess(name, "GatedLIF", {"shape": (self.width[(n, 0)],), **kw},
+                                         self.phase[n]))
+            if x.node in self.host:
+                self.host_out(x, codec, self.fixed, name, "a_in")  # own port: zero when idle
+            elif self.op(x.node) != "Linear":
+                raise SimulationError(f"LIF '{n}' reads '{x.node}' ({self.op(x.node)}) on the "
+                                      "chip; the simulator feeds LIFs host currents or a Dense")
+            for stage in sorted({self.stage[c] for c in self.consumers(n, 0) if c in self.host},
+                                key=self.stage_names.index):
+                w = self.width[(n, 0)]
+                self.host_in(stage, name, {self.phase[n]: [PortEntry((n, 0), 0, w)]}, w, "latch",
+                             group="spikes")  # one port for all LIFs: idle ones send zeros
+            for c in self.consumers(n, 1):
+                if self.op(c) != "StateOut" or c in self.host:
+                    raise SimulationError(f"'{c}' reads the membrane of LIF '{n}'; only the LIF "
+                                          "itself may (it stays on the chip)")
+
+    def _weights(self, n: str, scale: float = 1.0) -> tuple[np.ndarray, dict, tuple]:
+        """Dense weights, kwargs and readout codec for a host readout of chip linear n."""
+        d = self.ir.node(n)
+        if not self.fixed:
+            return d["params"]["weight"].astype(np.float64), {}, ("float",)
+        self._require(n, "weight_q", "weight_bits", "weight_scale")
+        bits = int(d["attrs"]["weight_bits"])
+        k = fp.DENSE_WEIGHT_BITS + 1 - bits  # as QuantizedWeights.lava_dense_kwargs; exp -k:
+        w = np.left_shift(d["params"]["weight_q"].astype(np.int32), k)  # the sum of mantissas
+        return w, {"weight_exp": -k, "num_weight_bits": bits}, \
+            ("scale", float(d["attrs"]["weight_scale"]) * scale)
+
+    def _require(self, n: str, *keys: str) -> None:
+        d = self.ir.node(n)
+        missing = [k for k in keys if k not in d["params"] and k not in d["attrs"]]
+        if missing:
+            raise SimulationError(f"chip node '{n}' ({d['op']}) has no fixed-point {missing}; "
+                                  "the bundle was not quantized for it: re-run convert")
+
+    def pop_source(self, p: Port, dense: str) -> None:
+        if p.node in self.host:  # the binary embedding: a host value sent as spikes
+            self.host_out(p, ("float",), self.fixed, dense, "s_in")
+        else:
+            self.conns.append(Connection(f"lif:{p.node}", "s_out", dense, "s_in"))
+
+    def stage_denses(self) -> None:
+        """One Dense per (reading host stage, layer) of spike-driven linears."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for n in self.order:
+            if self.op(n) != "SpikeLinear" or n in self.host:
+                continue
+            stages = {self.stage.get(c) for c in self.consumers(n)}
+            if len(stages) != 1 or None in stages:
+                raise SimulationError(f"SpikeLinear '{n}' feeds {self.consumers(n)}: expected "
+                                      "host nodes of one stage")
+            key = (stages.pop(), layer_of(self.ir.node(n)["module"]))
+            groups.setdefault(key, []).append(n)
+        for (stage, layer), sls in groups.items():
+            parts, rows, r, kws = [], {}, 0, []
+            for n in sls:
+                w, kw, codec = self._weights(n)
+                parts.append(w)
+                rows[n] = (r, r + w.shape[0], codec)
+                r += w.shape[0]
+                kws.append(kw)
+            if any(kw != kws[0] for kw in kws):
+                raise SimulationError(f"stage {stage}: its spike-driven linears use different "
+                                      "weight bits; one Dense cannot hold them")
+            name = f"dense:{layer}"
+            if any(c.name == name for c in self.chip):
+                name = f"dense:{stage}:{layer}"
+            weights = np.concatenate(parts)
+            self.chip.append(ChipProcess(name, "Dense", {"weights": weights, **kws[0]}))
+            pops: dict[Port, int] = {}
+            entries: dict[int, list[PortEntry]] = {}
+            for n in sls:
+                for p, coef in self.sources(n):
+                    if self.fixed and coef != int(coef):
+                        raise SimulationError(f"'{n}': spike coefficient {coef} is not an integer")
+                    pops[p] = arrival = self.phase[p.node] + 1
+                    r0, r1, codec = rows[n]
+                    entries.setdefault(arrival, []).append(PortEntry((n, 0), r0, r1, codec, coef))
+            if len(set(pops.values())) != len(pops):
+                raise SimulationError(f"{name}: two of its populations fire on the same phase, so "
+                                      "its phase-multiplexed readout cannot tell them apart")
+            for p in pops:
+                self.pop_source(p, name)
+            self.host_in(stage, name, entries, r, "accumulate")
+
+    def graded_denses(self) -> None:
+        for n in self.order:
+            if self.op(n) != "Linear" or n in self.host:
+                continue
+            a = self.ir.node(n)["attrs"]
+            (x,) = self.ir.inputs(n)
+            cons = self.consumers(n)
+            to_lif = len(cons) == 1 and self.op(cons[0]) == "LIF"
+            name = f"dense:{n}"
+            kw: dict[str, Any] = {"num_message_bits": int(a.get("graded_bits", 8))}
+            if self.fixed:
+                self._require(n, "graded_bits", "input_step", "weight_bits",
+                              *(("weight_lava", "weight_exp_lava") if to_lif else ()))
+                qmax = 2 ** (int(a["graded_bits"]) - 1) - 1
+                in_codec: tuple = ("graded", float(a["input_step"]), qmax)
+            else:
+                in_codec = ("float",)
+            if to_lif and self.fixed:
+                kw.update(weights=self.ir.node(n)["params"]["weight_lava"].astype(np.int32),
+                          weight_exp=int(a["weight_exp_lava"]),
+                          num_weight_bits=int(a["weight_bits"]))
+            elif to_lif:
+                gain = 1.0 / float(self.ir.node(cons[0])["attrs"]["tau"])
+                kw["weights"] = self.ir.node(n)["params"]["weight"].astype(np.float64) * gain
+            else:
+                w, wkw, codec = self._weights(n, float(a["input_step"]) if self.fixed else 1.0)
+                kw.update(weights=w, **wkw)
+            self.chip.append(ChipProcess(name, "Dense", kw))
+            self.host_out(x, in_codec, self.fixed, name, "s_in")
+            if to_lif:
+                self.conns.append(Connection(name, "a_out", f"lif:{cons[0]}", "a_in"))
+                continue
+            stages = {self.stage.get(c) for c in cons}
+            if len(stages) != 1 or None in stages:
+                raise SimulationError(f"chip Linear '{n}' feeds {cons}: expected one LIF or host "
+                                      "nodes of one stage")
+            w = self.width[(n, 0)]
+            self.host_in(stages.pop(), name, {self.phase[n]: [PortEntry((n, 0), 0, w, codec)]},
+                         w, "accumulate")
