@@ -98,7 +98,8 @@ def test_hand_counts_match_hand_arithmetic():
         == (12, 48.0)
     assert by_src[("head.spikes", "chip_to_host")]["bytes"] == 36.0
     assert c.host_ops["emb"] == {"lookup_byte": 16, "compare": 4}
-    assert c.pipeline == {"chip_depth": 3, "chip_segments": 1}
+    assert c.pipeline == {"chip_depth": 3, "chip_segments": 1, "dense_depth": 1,
+                          "lava_timesteps": 2}
     assert not c.unsupported
 
 

@@ -7,8 +7,9 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
   + active x E[neuron_update_active] + idle x E[neuron_update_idle]
   + spike_messages x (E[spike_local] + hops x E[spike_hop]) + payload_bits x E[graded_payload_bit]
 - chip static = chips x P[static_power] x latency, latency = timesteps x T[timestep]. timesteps
-  per token defaults to the IR's pipeline depth: the most chip nodes on one path of the token's
-  graph (each chip layer hands its spikes on one timestep later). Host compute time is not
+  per token defaults to the pipeline depth of the Lava simulation: Dense hops on the longest path
+  of the token's graph + 1 (only a Dense delays by a timestep; the +1 feeds the sampled token
+  back), which `simulate` measures as its timesteps per token. Host compute time is not
   included (no host latency model), so this is a lower bound of the static share.
 - host = sum over kinds of count x E_host[kind] (``lookup_byte`` priced as ``memory_byte``)
 - I/O = chip-host bytes x E[chip_io_byte]
@@ -183,7 +184,7 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
                            f"needs role = chip")
     host = host or load_host(chip)
     mapping = mapping_estimate(counts, chip)
-    steps = float(counts.pipeline["chip_depth"] if timesteps is None else timesteps)
+    steps = float(counts.pipeline["lava_timesteps"] if timesteps is None else timesteps)
     hop = float(mapping["hops_per_message"] if hops is None else hops)
     if steps < 0 or hop < 0 or sensitivity_factor <= 0:
         raise DataError("timesteps and hops must be >= 0 and the sensitivity factor > 0")
@@ -214,7 +215,8 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
         "sensitivity": sens,
         "assumptions": [
             f"timesteps per token = {steps:g} ("
-            + ("pipeline depth of the IR" if timesteps is None else "given") + ")",
+            + ("the Lava pipeline depth: Dense hops on the longest path + 1"
+               if timesteps is None else "given") + ")",
             f"{hop:.3g} hops per spike message ("
             + ("mean Manhattan distance on the mapped mesh" if hops is None else "given") + ")",
             "static power counted during chip timesteps only (host time not modelled)",
