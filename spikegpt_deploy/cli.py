@@ -266,7 +266,7 @@ def _render_inspect(info: dict[str, Any]) -> None:
 
 
 @main.command(name="profile")
-@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.argument("model", required=False, type=click.Path())
 @click.option("--data", default="kjv", show_default=True, help="'kjv' or a UTF-8 text file.")
 @click.option("--tokens", "n_tokens", default=256, show_default=True, type=int,
               help="Profile the first N tokens of the held-out (valid) split.")
@@ -284,20 +284,36 @@ def _render_inspect(info: dict[str, Any]) -> None:
 @click.option("--hops", type=float, default=None,
               help="Mesh hops per spike message (default: mean distance on the mapped mesh).")
 @click.option("--sensitivity-factor", default=2.0, show_default=True, type=float)
+@click.option("--precision", type=click.Choice(["float", "fixed"]), default="fixed",
+              show_default=True, help="For a bundle: the Lava precision of the recording run.")
 @click.option("-o", "--out", "out_dir", default="profile", show_default=True,
               type=click.Path(file_okay=False), help="Folder for profile.json and the CSV files.")
 @_handle_errors
 def profile_cmd(model: str | None, data: str, n_tokens: int, targets: tuple[str, ...],
                 host_profile: str | None, user_profiles: tuple[str, ...], policy: str,
                 timesteps: float | None, hops: float | None, sensitivity_factor: float,
-                out_dir: str) -> None:
-    """Count spikes, synaptic/host ops and chip-host traffic; price them per target."""
-    from .profiling import profile_checkpoint
+                precision: str, out_dir: str) -> None:
+    """Count spikes, synaptic/host ops and chip-host traffic; price them per target.
+
+    MODEL is a model file (spikes recorded in PyTorch, fast) or a bundle directory (spikes
+    recorded in the Lava simulation of the bundle, priced on the bundle's target)."""
+    from pathlib import Path
+
+    from .profiling import profile_bundle, profile_checkpoint
     from .profiling.report import render_table, write_outputs
 
-    result = profile_checkpoint(model, data, n_tokens, targets, host_profile, user_profiles,
-                                policy, timesteps=timesteps, hops=hops,
+    if model is not None and Path(model).is_dir():
+        from .errors import DataError
+        if user_profiles or targets != ("loihi2",) or policy != "spikes":
+            raise DataError("a bundle is profiled on the target and policy it was converted "
+                            "for; --target, --policy and --profile apply to model files")
+        result = profile_bundle(model, data, n_tokens, precision, host_profile=host_profile,
+                                timesteps=timesteps, hops=hops,
                                 sensitivity_factor=sensitivity_factor)
+    else:
+        result = profile_checkpoint(model, data, n_tokens, targets, host_profile,
+                                    user_profiles, policy, timesteps=timesteps, hops=hops,
+                                    sensitivity_factor=sensitivity_factor)
     click.echo(render_table(result))
     paths = write_outputs(result, out_dir)
     click.echo(f"\nwrote {', '.join(str(p) for p in paths)}")

@@ -23,7 +23,7 @@ from .pricing import (PAPER_FIRING_RATE, ProfileResult, load_host, paper_formula
 
 __all__ = ["HOST_OP_KINDS", "OpCounts", "PAPER_FIRING_RATE", "ProfileResult", "ann_op_counts",
            "count_ops", "graded_input_trace", "layer_of", "op_cost", "paper_formula",
-           "price_ann", "price_target", "profile_checkpoint", "profile_model",
+           "price_ann", "price_target", "profile_bundle", "profile_checkpoint", "profile_model",
            "record_spikes_pytorch"]
 
 log = logging.getLogger(__name__)
@@ -162,3 +162,53 @@ def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
                         **options}}
     return profile_model(loaded.model, ids[:tokens], chips, policy, host_profile=host,
                          ann_profiles=anns, meta=meta, **options)
+
+
+def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: str = "fixed",
+                   *, host_profile: str | None = None, split: str = "valid",
+                   timesteps: float | None = None, hops: float | None = None,
+                   sensitivity_factor: float = 2.0, timeout_s: float | None = None
+                   ) -> ProfileResult:
+    """Profile a deployment bundle from spikes recorded in the Lava simulation.
+
+    The bundle's own partitioned, quantized IR is counted with ``count_ops`` on the spikes that
+    ``simulation.simulate`` recorded while it was fed the first ``tokens`` tokens of the split,
+    and priced on the bundle's target. Static energy uses the simulator's measured timesteps per
+    token unless ``timesteps`` is given.
+    """
+    from ..bundle import load_bundle
+    from ..data import encode_split, load_corpus
+    from ..simulation import simulate
+
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise DataError(f"--tokens must be a positive integer, got {tokens!r}")
+    bundle = load_bundle(bundle_path)
+    if bundle.tokenizer is None:
+        raise DataError(f"{bundle_path}: the bundle has no tokenizer.json; it cannot read {data}")
+    corpus = load_corpus(data)
+    ids = encode_split(bundle.tokenizer, corpus, split)[:tokens]
+    if len(ids) < tokens:
+        raise DataError(f"the {split} split of {data} has {len(ids)} tokens, fewer than "
+                        f"--tokens {tokens}")
+    run = simulate(bundle_path, [int(t) for t in ids], 0, precision, timeout_s=timeout_s)
+    chip = load_profile(bundle.manifest["target"]["name"])
+    if chip.sha256 != bundle.manifest["target"]["profile_sha256"]:
+        log.warning("profile %s changed since the bundle was converted", chip.name)
+    policy = bundle.ir.meta.get("partition", {}).get("policy", "spikes")
+    graded = graded_input_trace(bundle.ir, ids) if policy == "graded" else None
+    counts = count_ops(bundle.ir, run.spikes, graded)
+    steps = float(run.timesteps_per_token) if timesteps is None else timesteps
+    host = load_host(chip, host_profile)
+    prices = {chip.name: price_target(counts, chip, host, steps, hops, sensitivity_factor)}
+    ann = {p.name: price_ann(counts.ann, p) for p in map(_as_profile, DEFAULT_ANN_PROFILES)}
+    paper = paper_formula(counts, prices)
+    info = {"model_config": dict(bundle.ir.config), "tokens": int(len(ids)), "policy": policy,
+            "targets": [chip.name], "host_profile": host_profile, "timesteps": steps,
+            "hops": hops, "sensitivity_factor": sensitivity_factor,
+            "recording": f"lava-{precision}", "bundle": str(bundle_path),
+            "model": f"{bundle_path} (bundle, Lava {precision})",
+            "model_sha256": bundle.manifest["source_model"]["sha256"], "data": data,
+            "data_sha256": corpus.sha256, "split": split,
+            "simulation": {"timesteps_per_token": run.timesteps_per_token,
+                           "wall_s": run.wall_s, "processes": run.processes}}
+    return ProfileResult(info, {chip.name: counts}, prices, ann, paper)
