@@ -5,7 +5,9 @@
 MODEL defaults to the shipped model; when there is none, a seeded random 4 x 128 char model with
 the corpus's vocabulary is used (its firing rates are not a trained model's, its cost is).
 Prints the plain inference rate, the profiler's rate (whole pipeline: capture, fold, partition,
-spike recording, counting, pricing) with its parts, and their ratio.
+spike recording, counting, pricing) with its parts, and their ratio. With ``--lava N`` it also
+converts the model and times the Lava-based count (``profile BUNDLE``: spikes recorded in the
+simulator, fixed point) on the first N tokens against the PyTorch-based count on the same tokens.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--data", default="kjv")
     parser.add_argument("--tokens", type=int, default=500)
     parser.add_argument("--target", default="loihi2")
+    parser.add_argument("--lava", type=int, default=0, metavar="N",
+                        help="also time the Lava-based count on N tokens (needs a model file)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, ids, name = _model_and_ids(args.model, args.data, args.tokens)
@@ -99,6 +103,30 @@ def main() -> None:
     print(f"ratio profile / plain inference (tokens/s): {plain / whole:.3f}")
     total = result.prices[args.target]["per_token"]["priced_subtotal"]
     print(f"(per-token energy on {args.target}: {total / 1e3:.1f} nJ)")
+    if args.lava:
+        _lava_vs_pytorch(args, args.lava)
+
+
+def _lava_vs_pytorch(args: argparse.Namespace, n: int) -> None:
+    import tempfile
+
+    from spikegpt_deploy.profiling import profile_bundle, profile_checkpoint
+
+    model_path = args.model or str(api.default_model_path())
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle, _ = api.convert(model_path, Path(tmp) / "bundle", target=args.target)
+        t0 = time.perf_counter()
+        torch_result = profile_checkpoint(model_path, args.data, n, (args.target,))
+        t1 = time.perf_counter()
+        lava_result = profile_bundle(bundle, args.data, n, "fixed")
+        t2 = time.perf_counter()
+    print(f"PyTorch-based count : {n / (t1 - t0):10.1f} tokens/s ({n} tokens)")
+    print(f"Lava-based count    : {n / (t2 - t1):10.1f} tokens/s (fixed point, "
+          f"{lava_result.meta['simulation']['timesteps_per_token']} timesteps per token)")
+    print(f"ratio Lava / PyTorch (tokens/s): {(t1 - t0) / (t2 - t1):.4f}")
+    same = torch_result.counts[args.target].populations == \
+        lava_result.counts[args.target].populations
+    print(f"spike counts identical (fixed point vs float PyTorch): {same}")
 
 
 if __name__ == "__main__":
