@@ -15,18 +15,21 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON310)" || { echo "no Python 3.10: see the message above"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON310) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=70" wheel
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 # The main job on the shipped default model: evaluate, generate, convert to a Loihi 2 bundle,
-# inspect it, then profile measured spikes and energy per layer.
+# inspect it, simulate it in Lava (float and bit-accurate fixed point), then profile measured
+# spikes and energy per layer and write the HTML report.
 demo: $(STAMP)
 	@command -v bible >/dev/null || { echo "the demo reads the KJV text: apt-get install -y bible-kjv"; exit 1; }
 	$(BIN)/spikegpt-deploy evaluate --data kjv --max-tokens 16384
 	$(BIN)/spikegpt-deploy generate --prompt "In the beginning" --tokens 160 --temperature 0.7 --seed 1
 	$(BIN)/spikegpt-deploy convert --target loihi2 --calibration kjv -o $(OUT)/bundle --force
 	$(BIN)/spikegpt-deploy inspect $(OUT)/bundle
+	$(BIN)/spikegpt-deploy simulate $(OUT)/bundle --prompt "In the beginning" --tokens $(TOKENS) --precision float --temperature 0
+	$(BIN)/spikegpt-deploy simulate $(OUT)/bundle --prompt "In the beginning" --tokens $(TOKENS) --precision fixed --temperature 0
 	$(BIN)/spikegpt-deploy profile --data kjv --tokens 512 --target loihi2 --target loihi --target spinnaker2 -o $(OUT)/profile
 	$(BIN)/spikegpt-deploy report $(OUT)/profile/profile.json --html $(OUT)/profile/report.html
 
