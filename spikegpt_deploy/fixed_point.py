@@ -21,6 +21,7 @@ delivers it one timestep later. Everything here reproduces those integer operati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -259,10 +260,7 @@ def dense_effective_weights(weights: np.ndarray, num_weight_bits: int = DENSE_WE
     reads weights as multiples of 2 (the Dense docstring: "the fixed point weight used for
     inference is scaled by 2").
     """
-    w = np.asarray(weights)
-    if not np.issubdtype(w.dtype, np.integer):
-        w = w.astype(np.int32)  # Lava's int32 weights Var truncates floats toward zero
-    w = w.astype(np.int32)
+    w = np.asarray(weights).astype(np.int32)  # as Lava's int32 weights Var: floats toward zero
     mode = sign_mode or dense_sign_mode(w)
     if mode not in SIGN_MODES:
         raise ConversionError(f"sign_mode={sign_mode!r}; expected one of {SIGN_MODES}.")
@@ -340,9 +338,16 @@ class QuantizedWeights:
         mixed-sign LSB drop (see ``dense_effective_weights``) loses nothing. Passing the mantissa
         itself with mixed signs would lose its lowest bit.
         """
-        k = DENSE_WEIGHT_BITS + 1 - self.bits
-        return {"weights": np.left_shift(self.mantissa.astype(np.int32), k),
-                "weight_exp": int(self.exponent) - k, "num_weight_bits": int(self.bits)}
+        return mantissa_dense_kwargs(self.mantissa, self.bits, self.exponent)
+
+
+def mantissa_dense_kwargs(mantissa: np.ndarray, bits: int, exponent: int = 0) -> dict[str, Any]:
+    """Lava ``Dense`` arguments that deliver exactly mantissa * 2**exponent (signed ``bits``-bit
+    mantissas): weights = mantissa << k, weight_exp = exponent - k, k = 9 - bits (see
+    ``QuantizedWeights.lava_dense_kwargs``). exponent 0 gives the exact integer sum of mantissas."""
+    k = DENSE_WEIGHT_BITS + 1 - int(bits)
+    return {"weights": np.left_shift(np.asarray(mantissa).astype(np.int32), k),
+            "weight_exp": int(exponent) - k, "num_weight_bits": int(bits)}
 
 
 def _raise_exponent_too_large(amax: float) -> None:

@@ -110,11 +110,9 @@ class ChipWiring:
         if not self.fixed:
             return d["params"]["weight"].astype(np.float64), {}, ("float",)
         self._require(n, "weight_q", "weight_bits", "weight_scale")
-        bits = int(d["attrs"]["weight_bits"])
-        k = fp.DENSE_WEIGHT_BITS + 1 - bits  # as QuantizedWeights.lava_dense_kwargs; exp -k:
-        w = np.left_shift(d["params"]["weight_q"].astype(np.int32), k)  # the sum of mantissas
-        return w, {"weight_exp": -k, "num_weight_bits": bits}, \
-            ("scale", float(d["attrs"]["weight_scale"]) * scale)
+        kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"], d["attrs"]["weight_bits"])
+        w = kw.pop("weights")  # the Dense sums mantissas exactly; the host scales the sum
+        return w, kw, ("scale", float(d["attrs"]["weight_scale"]) * scale)
 
     def _require(self, n: str, *keys: str) -> None:
         d = self.ir.node(n)

@@ -31,7 +31,7 @@ import numpy as np
 from .errors import SimulationError
 from .interpreter import Executor
 from .ir import IR, Port
-from .profiling.counts import layer_of
+from .profiling.counts import layer_of, layer_rank
 from .sampling import SamplingOptions
 from .simulation_chip import HOST, ChipProcess, ChipWiring, Connection
 from .simulation_stage import (SLOTS, TOKEN_KEY, HostNode, InSlot, OutSlot, PortEntry,
@@ -79,14 +79,6 @@ def stage_of(ir: IR, node: str, layout: str = "layers") -> str:
     return layer
 
 
-def _stage_rank(name: str) -> tuple[int, int]:
-    if name == "emb":
-        return (0, 0)
-    if name.startswith("blocks."):
-        return (1, int(name.split(".")[1]))
-    return (2, 0)
-
-
 class _Planner(ChipWiring):
     def __init__(self, ir: IR, precision: str, layout: str) -> None:
         if precision not in PRECISIONS:
@@ -103,10 +95,12 @@ class _Planner(ChipWiring):
         self.ir, self.precision, self.fixed = ir, precision, precision == "fixed"
         self.order = ir.topological()
         self.host = {n for n in self.order if ir.node(n).get("placement", HOST) == HOST}
-        probe = Executor(ir).step(np.zeros(1, np.int64), Executor(ir).init_state(1), True)
+        ex = Executor(ir)
+        probe = ex.step(np.zeros(1, np.int64), ex.init_state(1), True)
         self.width = {k: int(np.prod(v.shape[1:])) for k, v in probe.values.items()}
+        self.state_init = ex.init_state(1)
         self.stage = {n: stage_of(ir, n, layout) for n in self.order if n in self.host}
-        self.stage_names = sorted(set(self.stage.values()), key=_stage_rank)
+        self.stage_names = sorted(set(self.stage.values()), key=layer_rank)
         self.phase: dict[str, int] = {}
         self.ins: dict[str, list[InSlot]] = {s: [] for s in self.stage_names}
         self.outs: dict[str, list[OutSlot]] = {s: [] for s in self.stage_names}
@@ -316,7 +310,6 @@ def plan_network(ir: IR, precision: str, prompt: list[int], n_tokens: int,
     pl.graded_denses()
     pops, crossings = pl.records_and_traffic()
     num_tokens = len(prompt) + max(n_tokens, 1) - 1
-    state_init = Executor(ir).init_state(1)
     stages: dict[str, StageProgram] = {}
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     for index, s in enumerate(pl.stage_names):
@@ -326,7 +319,7 @@ def plan_network(ir: IR, precision: str, prompt: list[int], n_tokens: int,
             raise SimulationError(f"host stage '{s}' writes state {sorted(written - slots)} that "
                                   "another stage reads; use host_layout='single'")
         prog = StageProgram(s, pl.period, num_tokens, precision, nodes[s], pl.ins[s], pl.outs[s],
-                            {k: state_init[k] for k in slots}, pl.records[s], pl.traffic[s],
+                            {k: pl.state_init[k] for k in slots}, pl.records[s], pl.traffic[s],
                             index=index)
         if s == emb:
             prog.prompt = list(prompt)

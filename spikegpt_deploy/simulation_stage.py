@@ -114,17 +114,6 @@ class StageProgram:
     fault: tuple[int, int] | None = None      # test hook: raise at (token, phase)
     index: int = 0                            # this stage's column in the 'host_busy' buffer
 
-    @property
-    def arrival(self) -> dict[Key, tuple[str, int]]:
-        """key -> (slot, phase on which its value is complete)."""
-        out: dict[Key, tuple[str, int]] = {}
-        for s in self.ins:
-            for phase, entries in s.entries.items():
-                for e in entries:
-                    if e.key not in out or out[e.key][1] < phase:
-                        out[e.key] = (s.slot, phase)
-        return out
-
 
 def encode(x: np.ndarray, codec: tuple) -> np.ndarray:
     """A host value as it goes onto a port (see ``PortEntry``)."""
@@ -162,12 +151,21 @@ class StageRunner:
         self.by_phase: dict[int, list[HostNode]] = {}
         for n in program.nodes:
             self.by_phase.setdefault(n.phase, []).append(n)
-        self.arrival = program.arrival
+        self.arrival: dict[Key, tuple[str, int]] = {}  # key -> (slot, phase it is complete on)
         self.first_arrival: dict[Key, int] = {}
         for s in program.ins:
             for phase, entries in s.entries.items():
                 for e in entries:
+                    if e.key not in self.arrival or self.arrival[e.key][1] < phase:
+                        self.arrival[e.key] = (s.slot, phase)
                     self.first_arrival[e.key] = min(phase, self.first_arrival.get(e.key, phase))
+        # outgoing codec of each key sent encoded (not 'float'): what _nonzero counts
+        self._out_codec: dict[Key, tuple] = {}
+        for spec in program.outs:
+            for entries in spec.entries.values():
+                for e in entries:
+                    if e.codec[0] != "float":
+                        self._out_codec.setdefault(e.key, e.codec)
         self.token_latch = 0
         self.sampler = Sampler(program.sampling) if program.sampling is not None else None
         self._in = {s.slot: s for s in program.ins}
@@ -197,8 +195,12 @@ class StageRunner:
                 self.values[e.key] = decode(self.acc[e.key], e.codec).reshape(1, -1)
             self._fresh.add(e.key)
 
+    @staticmethod
+    def _zeros(spec: OutSlot) -> np.ndarray:
+        return np.zeros(spec.width, dtype=np.int32 if spec.integer else np.float64)
+
     def _message(self, spec: OutSlot, phase: int) -> np.ndarray:
-        msg = np.zeros(spec.width, dtype=np.int32 if spec.integer else np.float64)
+        msg = self._zeros(spec)
         for e in spec.entries.get(phase, ()):
             msg[e.start:e.stop] = encode(self.values[e.key], e.codec).reshape(-1)
         return msg
@@ -227,8 +229,7 @@ class StageRunner:
         active = token < self.p.num_tokens
         for slot, spec in self._out.items():  # nothing to carry on this phase: send at once,
             if not (active and spec.entries.get(phase)):  # so that no reader waits on us
-                self.ports[slot].send(np.zeros(spec.width, dtype=np.int32 if spec.integer
-                                               else np.float64))
+                self.ports[slot].send(self._zeros(spec))
                 self._sent.add(slot)
         for s in self.p.ins:
             if s.early:
@@ -251,8 +252,7 @@ class StageRunner:
             self.buffers["host_busy"].array[0, self.p.index] = self.busy_s
         for slot, spec in self._out.items():
             if slot not in self._sent:
-                self.ports[slot].send(np.zeros(spec.width, dtype=np.int32 if spec.integer
-                                               else np.float64))
+                self.ports[slot].send(self._zeros(spec))
         for s in self.p.ins:
             if s.slot not in self._received:
                 self._recv(s.slot, phase)
@@ -290,12 +290,9 @@ class StageRunner:
 
     def _nonzero(self, key: Key) -> int:
         """Elements of ``key`` that crossed as non-zero (after encoding, for outgoing values)."""
-        for spec in self.p.outs:
-            for entries in spec.entries.values():
-                for e in entries:
-                    if e.key == key and e.codec[0] != "float":
-                        return int(np.count_nonzero(encode(self.values[key], e.codec)))
-        return int(np.count_nonzero(self.values[key]))
+        codec = self._out_codec.get(key)
+        value = self.values[key] if codec is None else encode(self.values[key], codec)
+        return int(np.count_nonzero(value))
 
     def _sample(self, token: int) -> None:
         if self.sampler is not None and token >= self.p.sample_from:

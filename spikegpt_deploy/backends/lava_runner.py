@@ -338,13 +338,11 @@ class LavaRunner:
                          info={"select_tag": self.select_tag, "stop_s": timings["stop_s"]})
 
     def _error_text(self, stage: str, summary: str, details: list[str]) -> str:
-        text = f"Lava simulation ({self.select_tag}) failed during {stage}: {summary}"
+        # the last line of a model traceback is the real error, e.g. "RuntimeError: boom"
+        lines = [d.strip().splitlines()[-1] for d in details if d.strip()]
+        text = (f"Lava simulation ({self.select_tag}) failed during {stage}: "
+                f"{'; '.join(lines) if lines else summary}")
         if details:
-            # the last line of a model traceback is the real error, e.g. "RuntimeError: boom"
-            lines = [d.strip().splitlines()[-1] for d in details if d.strip()]
-            if lines:
-                text = (f"Lava simulation ({self.select_tag}) failed during {stage}: "
-                        f"{'; '.join(lines)}")
             text += "\n--- traceback from the simulator ---\n" + "\n".join(details)
         return text
 

@@ -34,6 +34,11 @@ def _as_profile(p: str | Path | HardwareProfile) -> HardwareProfile:
     return p if isinstance(p, HardwareProfile) else load_profile(p)
 
 
+def _check_tokens(tokens: int) -> None:
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
+        raise DataError(f"--tokens must be a positive integer, got {tokens!r}")
+
+
 def graded_input_trace(ir: Any, token_ids: np.ndarray) -> dict[str, np.ndarray]:
     """Float inputs (T, in) of every chip Linear, from the numpy Executor on the same tokens.
 
@@ -131,8 +136,7 @@ def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
     from .. import api
     from ..data import encode_split, load_corpus
 
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise DataError(f"--tokens must be a positive integer, got {tokens!r}")
+    _check_tokens(tokens)
     chips: list[Any] = list(targets) or ["loihi2"]
     anns: list[Any] = list(DEFAULT_ANN_PROFILES)
     host: Any = host_profile
@@ -180,8 +184,7 @@ def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: s
     from ..data import encode_split, load_corpus
     from ..simulation import simulate
 
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise DataError(f"--tokens must be a positive integer, got {tokens!r}")
+    _check_tokens(tokens)
     bundle = load_bundle(bundle_path)
     if bundle.tokenizer is None:
         raise DataError(f"{bundle_path}: the bundle has no tokenizer.json; it cannot read {data}")

@@ -52,14 +52,13 @@ def layer_of(module: str) -> str:
     return "other"
 
 
-def _layer_order(names: set[str]) -> list[str]:
-    def key(name: str) -> tuple[int, int]:
-        if name == "emb":
-            return (0, 0)
-        if name.startswith("blocks."):
-            return (1, int(name.split(".")[1]))
-        return (2, 0) if name == "head" else (3, 0)
-    return sorted(names, key=key)
+def layer_rank(name: str) -> tuple[int, int]:
+    """Sort key of a ``layer_of`` name: emb, blocks.0, blocks.1, ..., head, anything else."""
+    if name == "emb":
+        return (0, 0)
+    if name.startswith("blocks."):
+        return (1, int(name.split(".")[1]))
+    return (2, 0) if name == "head" else (3, 0)
 
 
 @dataclass
@@ -189,7 +188,7 @@ def _pipeline(ir: IR, order: list[str], chip: set[str]) -> dict[str, Any]:
 
     for n in order:
         preds = [p.node for p in ir.inputs(n)]
-        on = n in chip and ir.node(n)["op"] not in PLUMBING
+        on = chip_op(n)
         depth[n] = max((depth[p] for p in preds), default=0) + int(on)
         segs[n] = max((segs[p] + int(on and not chip_op(p)) for p in preds), default=int(on))
         is_dense = on and ir.node(n)["op"] in ("SpikeLinear", "Linear")
@@ -208,8 +207,8 @@ class _Run:
         self.ir, self.pops, self.T, self.graded = ir, pops, T, graded_inputs
         self.order = ir.topological()
         self.chip = {n for n in self.order if ir.node(n)["placement"] != HOST}
-        self.layers = _layer_order({layer_of(ir.node(n)["module"]) for n in self.order}
-                                   - {"other"})
+        self.layers = sorted({layer_of(ir.node(n)["module"]) for n in self.order} - {"other"},
+                             key=layer_rank)
         self.totals: dict[str, Counter] = {k: Counter() for k in self.layers + ["other"]}
         self.per_token = {k: np.zeros(T) for k in ("synaptic_ops", "spike_messages", "io_bytes")}
         self.unsupported: list[dict[str, str]] = []

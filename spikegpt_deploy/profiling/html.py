@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .pricing import PAPER_FIRING_RATE, ProfileResult
-from .report import fmt_count, fmt_energy, layer_rows, target_rows
+from .report import (fmt_count, fmt_energy, fmt_rate, fmt_ratio, layer_rows, target_rows,
+                     unsupported_rows)
 
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1100px; }
@@ -95,10 +96,6 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], left: int = 1)
     return "\n".join(parts) + "</table>"
 
 
-def _rate(r: float | None) -> str:
-    return "-" if r is None else f"{r:.3f}"
-
-
 def render_html(result: ProfileResult) -> str:
     """The report as one HTML string (see the module docstring)."""
     m, target = result.meta, result.primary
@@ -118,7 +115,7 @@ def render_html(result: ProfileResult) -> str:
     body.append(_table(
         ["layer", "emb rate", "lif1 rate", "lif2 rate", "synaptic ops", "host ops", "chip",
          "host", "I/O", "total"],
-        [[r["layer"], _rate(r["rate_emb"]), _rate(r["rate_lif1"]), _rate(r["rate_lif2"]),
+        [[r["layer"], *(fmt_rate(r[k]) for k in ("rate_emb", "rate_lif1", "rate_lif2")),
           fmt_count(r["synaptic_ops"]), fmt_count(r["host_ops"]), fmt_energy(r["chip_pj"]),
           fmt_energy(r["host_pj"]), fmt_energy(r["io_pj"]), fmt_energy(r["total_pj"])]
          for r in layer_rows(result, target)]))
@@ -130,8 +127,7 @@ def render_html(result: ProfileResult) -> str:
           fmt_energy(r["total_pj"]) if r["complete"]
           else f">= {fmt_energy(r['priced_subtotal_pj'])} (incomplete)"
           if r["priced_subtotal_pj"] is not None else "n/a (unsupported)",
-          "-" if r["vs_ann_45nm"] is None else f"{r['vs_ann_45nm']:.3g}x",
-          "-" if r["vs_gpu"] is None else f"{r['vs_gpu']:.3g}x"] for r in target_rows(result)]))
+          fmt_ratio(r["vs_ann_45nm"]), fmt_ratio(r["vs_gpu"])] for r in target_rows(result)]))
     pp = result.paper
     body.append(f"<p>The paper's formula: E<sub>ANN</sub> = {pp['ann_ops']:,} MACs x "
                 f"{pp['e_mac_pj']:g} pJ = {fmt_energy(pp['ann_pj'])}; E<sub>SNN</sub> = "
@@ -144,8 +140,7 @@ def render_html(result: ProfileResult) -> str:
         ["all firing rates", fmt_energy(s["firing_rate_x"]), fmt_energy(s["firing_rate_div"])],
         ["proxy figures", fmt_energy(s["proxy_x"]), fmt_energy(s["proxy_div"])],
         ["estimate figures", fmt_energy(s["estimate_x"]), fmt_energy(s["estimate_div"])]]))
-    unsupported = [(t, u) for t, p in result.prices.items() for u in p.get("unsupported", [])]
-    unsupported += [(f"ANN on {n}", u) for n, a in result.ann.items() for u in a["unsupported"]]
+    unsupported = unsupported_rows(result)
     body.append("<h2>Unsupported (not priced, never zero)</h2>")
     body.append(_table(["where", "what", "key", "reason"],
                        [[t, u.get("what", ""), u.get("key", ""), u.get("reason", "")]

@@ -96,12 +96,18 @@ def target_rows(result: ProfileResult) -> list[dict[str, Any]]:
     return rows
 
 
-def _rate(r: float | None) -> str:
+def fmt_rate(r: float | None) -> str:
     return "-" if r is None else f"{r:.3f}"
 
 
-def _ratio(r: float | None) -> str:
+def fmt_ratio(r: float | None) -> str:
     return "-" if r is None else f"{r:.3g}x"
+
+
+def unsupported_rows(result: ProfileResult) -> list[tuple[str, dict[str, Any]]]:
+    """(where, entry) for everything a target or an ANN baseline could not price."""
+    rows = [(t, u) for t, p in result.prices.items() for u in p.get("unsupported", [])]
+    return rows + [(f"ANN on {n}", u) for n, a in result.ann.items() for u in a["unsupported"]]
 
 
 def render_table(result: ProfileResult) -> str:
@@ -116,8 +122,8 @@ def render_table(result: ProfileResult) -> str:
             f"{'chip':>11}{'host':>11}{'I/O':>11}{'total':>11}")
     lines += [head, "-" * len(head)]
     for r in layer_rows(result, target):
-        lines.append(f"{r['layer']:<10}{_rate(r['rate_emb']):>7}{_rate(r['rate_lif1']):>7}"
-                     f"{_rate(r['rate_lif2']):>7}{fmt_count(r['synaptic_ops']):>10}"
+        lines.append(f"{r['layer']:<10}{fmt_rate(r['rate_emb']):>7}{fmt_rate(r['rate_lif1']):>7}"
+                     f"{fmt_rate(r['rate_lif2']):>7}{fmt_count(r['synaptic_ops']):>10}"
                      f"{fmt_count(r['host_ops']):>10}{fmt_energy(r['chip_pj']):>11}"
                      f"{fmt_energy(r['host_pj']):>11}{fmt_energy(r['io_pj']):>11}"
                      f"{fmt_energy(r['total_pj']):>11}")
@@ -131,22 +137,21 @@ def render_table(result: ProfileResult) -> str:
     for r in target_rows(result):
         total = fmt_energy(r["total_pj"]) if r["complete"] else \
             f">={fmt_energy(r['priced_subtotal_pj'])}" if r["priced_subtotal_pj"] else "n/a"
-        lines.append(f"{r['name'][:45]:<46}{total:>11}{_ratio(r['vs_ann_45nm']):>13}"
-                     f"{_ratio(r['vs_gpu']):>10}")
+        lines.append(f"{r['name'][:45]:<46}{total:>11}{fmt_ratio(r['vs_ann_45nm']):>13}"
+                     f"{fmt_ratio(r['vs_gpu']):>10}")
     pp = result.paper
     lines += ["", f"paper formula: E_ANN / E_SNN = {pp['ann_over_snn']:.3g} at rate "
               f"{pp['firing_rate']:g}; measured LIF rate {pp['measured_lif_rate']:.4f}"]
     for t, mres in pp["measured"].items():
         lines.append(f"  {t}: measured {fmt_energy(mres['priced_subtotal_pj'])} = "
-                     f"{_ratio(mres['measured_over_paper_snn'])} the paper's SNN estimate")
+                     f"{fmt_ratio(mres['measured_over_paper_snn'])} the paper's SNN estimate")
     s = price["sensitivity"]
     k = s["factor"]
     lines.append(f"sensitivity ({target}): firing rates x{k:g} {fmt_energy(s['firing_rate_x'])}, "
                  f"/{k:g} {fmt_energy(s['firing_rate_div'])}; proxy figures x{k:g} "
                  f"{fmt_energy(s['proxy_x'])}, /{k:g} {fmt_energy(s['proxy_div'])}; estimates "
                  f"x{k:g} {fmt_energy(s['estimate_x'])}, /{k:g} {fmt_energy(s['estimate_div'])}")
-    unsupported = [(t, u) for t, p in result.prices.items() for u in p.get("unsupported", [])]
-    unsupported += [(f"ANN on {n}", u) for n, a in result.ann.items() for u in a["unsupported"]]
+    unsupported = unsupported_rows(result)
     if unsupported:
         lines += ["", "unsupported (not priced, never counted as zero):"]
         lines += [f"  {t}: {u.get('what', '')}: {u.get('reason', '')}" for t, u in unsupported]

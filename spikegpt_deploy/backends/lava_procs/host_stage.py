@@ -67,13 +67,9 @@ def _declare(model: type, chip_type: ty.Any, chip_precision: ty.Optional[int]) -
     """Give a model class the LavaPyType of every slot (chip slots: ``chip_type``)."""
     for kind in SLOT_KINDS:
         port = PyInPort.VEC_DENSE if kind.endswith("_in") else PyOutPort.VEC_DENSE
-        for slot in slot_names(kind):
-            if kind.startswith("chip") and chip_precision is not None:
-                setattr(model, slot, LavaPyType(port, chip_type, precision=chip_precision))
-            elif kind.startswith("chip"):
-                setattr(model, slot, LavaPyType(port, chip_type))
-            else:
-                setattr(model, slot, LavaPyType(port, float))
+        for slot in slot_names(kind):  # precision None: Lava's default (unbounded)
+            setattr(model, slot, LavaPyType(port, chip_type, precision=chip_precision)
+                    if kind.startswith("chip") else LavaPyType(port, float))
     return model
 
 
