@@ -32,8 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from converters.onnx_export import OPSET, write_atomically
 from spikegpt_deploy.errors import ConversionError
 from spikegpt_deploy.interpreter import annotate_shapes
-from spikegpt_deploy.ir import IR, Port
-from spikegpt_deploy.partition import HOST
+from spikegpt_deploy.ir import HOST, IR, Port
 
 log = logging.getLogger(__name__)
 

@@ -46,9 +46,9 @@ import numpy as np
 
 from spikegpt_deploy import fixed_point as fp
 from spikegpt_deploy.errors import ConversionError
-from spikegpt_deploy.ir import IR
+from spikegpt_deploy.ir import HOST, IR
+from spikegpt_deploy.passes.quantize import graded_input
 
-HOST = "host"
 ARRAY_FORMAT = "ir.json + ir_params.npz"
 NETX_MIXED_RANGE = (-256, 254)     # optimize_weight_bits keeps these with weight_exponent 0..-k
 NETX_EXCITATORY_MAX = 255
@@ -289,5 +289,4 @@ def encode_layer_input(ir: IR, layer: NetxLayer, x: np.ndarray) -> np.ndarray:
         bits = int(ir.node(layer.lif)["attrs"]["input_scale_bits"])
         return fp.quantize_current(x, 2.0 ** bits, overflow="saturate")
     a = ir.node(layer.linear)["attrs"]
-    qmax = 2 ** (int(a["graded_bits"]) - 1) - 1
-    return np.clip(np.rint(x / a["input_step"]), -qmax, qmax).astype(np.int32)
+    return graded_input(x, a["input_step"], a["graded_bits"])

@@ -52,9 +52,8 @@ from typing import Any
 import numpy as np
 
 from spikegpt_deploy.errors import ConversionError
-from spikegpt_deploy.ir import IR
+from spikegpt_deploy.ir import HOST, IR
 
-HOST = "host"
 NIR_DT_S = 1e-4  # NIR PR #164/#165: the Lava <-> NIR bridge assumes dt = 1e-4 s
 F32 = np.float32
 CHIP_OPS = {"LIF": "LIF", "SpikeLinear": "Linear", "Linear": "Linear", "SpikeSum": "Scale"}
@@ -114,11 +113,15 @@ def _require_nir() -> Any:
 
 
 # ---------------------------------------------------------------------------- LIF mapping
+def _check_dt(dt_s: float) -> None:
+    if not (np.isfinite(dt_s) and dt_s > 0):
+        raise ConversionError(f"NIR export: dt_s={dt_s}; expected a positive number of seconds")
+
+
 def lif_parameters(width: int, tau_steps: float = 2.0, threshold: float = 1.0,
                    dt_s: float = NIR_DT_S) -> dict[str, np.ndarray]:
     """NIR LIF parameters for SpikeGPT's discrete LIF (see the module docstring): float32 arrays."""
-    if not (np.isfinite(dt_s) and dt_s > 0):
-        raise ConversionError(f"NIR export: dt_s={dt_s}; expected a positive number of seconds")
+    _check_dt(dt_s)
     if not tau_steps > 1:
         raise ConversionError(f"NIR export: LIF tau={tau_steps} steps; expected > 1 (the forward "
                               "Euler step dt / tau must be below 1)")
@@ -239,8 +242,7 @@ def chip_partition_nir_graph(ir: IR, dt_s: float = NIR_DT_S) -> tuple[Any, NirIn
     if any(p is None for p in placements.values()):
         raise ConversionError("NIR export: the IR is not partitioned (nodes without placement); "
                               "run partition() first")
-    if not (np.isfinite(dt_s) and dt_s > 0):
-        raise ConversionError(f"NIR export: dt_s={dt_s}; expected a positive number of seconds")
+    _check_dt(dt_s)
     membrane = _membrane_slots(ir)
     chip = [n for n in ir.topological() if placements[n] != HOST and n not in membrane]
     if not chip:

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from .checkpoint import LoadedModel, load_checkpoint
 from .data import BPETokenizer, Tokenizer, encode_split, load_corpus
-from .errors import CheckpointError, DataError
+from .errors import BundleError, CheckpointError, DataError
 from .evaluation import EvalResult, evaluate_ids
 from .sampling import SamplingOptions, encode_prompt, generate_ids
 
@@ -87,15 +87,13 @@ def default_bundle_dir(model_path: Path, target: str) -> Path:
 def convert(model: str | Path | None, out_dir: str | Path | None, force: bool = False,
             **options: Any) -> tuple[Path, dict[str, Any]]:
     """Run the conversion pipeline and write the bundle; returns its path and manifest."""
-    from .bundle import verify_bundle, write_bundle
+    from .bundle import refuse_existing, verify_bundle, write_bundle
     from .convert import ConvertOptions, run_pipeline
 
     source = Path(model) if model is not None else default_model_path()
     opts = ConvertOptions(**options)
     out = Path(out_dir) if out_dir is not None else default_bundle_dir(source, opts.target)
-    if out.exists() and not force:  # fail before the work, not after it
-        from .errors import BundleError
-        raise BundleError(f"{out} already exists; pass --force to replace it or choose another -o")
+    refuse_existing(out, force)  # fail before the work, not after it
     ctx = run_pipeline(source, opts)
     path = write_bundle(ctx, out, force=force)
     return path, verify_bundle(path)
@@ -129,6 +127,5 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
             "files": sorted(manifest["files"]),
         }
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        from .errors import BundleError
         raise BundleError(f"{Path(path) / 'manifest.json'}: malformed manifest "
                           f"({type(exc).__name__}: {exc}); re-run convert") from None

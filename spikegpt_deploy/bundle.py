@@ -85,43 +85,75 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def refuse_existing(out: Path, force: bool) -> None:
+    """A BundleError if ``out`` exists and may not be replaced."""
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it or choose another -o")
+
+
 def write_bundle(ctx: ConvertContext, out_dir: str | Path, force: bool = False,
                  emitters: list[str] | None = None) -> Path:
     """Write the bundle for a finished pipeline run; nothing is left half-written."""
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise BundleError(f"{out} already exists; pass --force to replace it or choose another -o")
+    refuse_existing(out, force)
     if ctx.ir is None or ctx.loaded is None or ctx.profile is None:
         raise ConversionError("internal: the conversion pipeline did not finish")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        files = save_ir(ctx.ir, tmp)
-        emitted: dict[str, Any] = {}
-        wanted = emitters if emitters is not None else [name for name, _ in EMITTERS]
-        for name, emit in EMITTERS:
-            if name not in wanted:
-                continue
-            try:
-                emitted[name] = emit(ctx.ir, tmp)
-            except DeployError as exc:
-                raise ConversionError(f"emitting {name} failed: {exc}") from None
-            files += [emitted[name]["file"]] if emitted[name].get("file") else []
-            files += emitted[name].get("files", [])
-        if ctx.tokenizer is not None:
-            (tmp / "tokenizer.json").write_text(json.dumps(ctx.tokenizer.to_dict()),
-                                                encoding="utf-8")
-            files.append("tokenizer.json")
-        manifest = _manifest(ctx, emitted)
-        manifest["files"] = {name: _sha256(tmp / name) for name in sorted(files)}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            _write_files(ctx, tmp, emitters)
+            _swap_in(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except OSError as exc:
+        raise BundleError(f"cannot write the bundle {out} ({exc}); check that its parent "
+                          f"directory is writable and has free space, or choose another -o"
+                          ) from None
+    return out
+
+
+def _write_files(ctx: ConvertContext, tmp: Path, emitters: list[str] | None) -> None:
+    """Every bundle file, the manifest last, into the (temporary) directory ``tmp``."""
+    assert ctx.ir is not None
+    files = save_ir(ctx.ir, tmp)
+    emitted: dict[str, Any] = {}
+    wanted = emitters if emitters is not None else [name for name, _ in EMITTERS]
+    for name, emit in EMITTERS:
+        if name not in wanted:
+            continue
+        try:
+            emitted[name] = emit(ctx.ir, tmp)
+        except DeployError as exc:
+            raise ConversionError(f"emitting {name} failed: {exc}") from None
+        files += [emitted[name]["file"]] if emitted[name].get("file") else []
+        files += emitted[name].get("files", [])
+    if ctx.tokenizer is not None:
+        (tmp / "tokenizer.json").write_text(json.dumps(ctx.tokenizer.to_dict()), encoding="utf-8")
+        files.append("tokenizer.json")
+    manifest = _manifest(ctx, emitted)
+    manifest["files"] = {name: _sha256(tmp / name) for name in sorted(files)}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``. An old ``out`` is moved aside first and deleted only once the
+    new one is in place, so a failure leaves the old bundle or the new one, never a mix."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = tmp.with_name(tmp.name + ".old")
+    os.replace(out, old)
+    try:
         os.replace(tmp, out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.replace(old, out)
         raise
-    return out
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink()
 
 
 def _manifest(ctx: ConvertContext, emitted: dict[str, Any]) -> dict[str, Any]:
@@ -166,6 +198,9 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{mpath}: missing; {root} is not a spikegpt-deploy bundle") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mpath}: not valid JSON ({exc}); re-run convert") from None
+    except OSError as exc:
+        raise BundleError(f"{mpath}: cannot be read ({exc}); expected the bundle's manifest file"
+                          ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{mpath}: not a {BUNDLE_FORMAT} manifest")
     if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:

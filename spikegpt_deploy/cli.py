@@ -264,7 +264,6 @@ def _render_inspect(info: dict[str, Any]) -> None:
                        f"(peak |x| {q['input_peak']:.3g})")
 
 
-
 @main.command(name="profile")
 @click.argument("model", required=False, type=click.Path())
 @click.option("--data", default="kjv", show_default=True, help="'kjv' or a UTF-8 text file.")

@@ -194,6 +194,9 @@ def run_pipeline(source: str | Path, options: ConvertOptions,
                  stop_after: str | None = None) -> ConvertContext:
     """Run the steps in order (up to ``stop_after``); see the module docstring."""
     options.validate()
+    if stop_after is not None and stop_after not in dict(STEPS):
+        raise ConversionError(f"stop_after={stop_after!r}: not a convert step; choose one of "
+                              f"{', '.join(name for name, _ in STEPS)}")
     ctx = ConvertContext(Path(source), options)
     for name, step in STEPS:
         log.info("convert: %s", name)

@@ -8,12 +8,13 @@ emulation (fixed-point chip ops) can reuse the same walk.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
 from .errors import ConversionError, DataError
 from .ir import IR
+from .passes.fold import fold_correction  # kept next to the rewrite it inverts
 
 Array = np.ndarray
 OpFn = Callable[[dict[str, Any], list[Array]], tuple[Array, ...]]
@@ -62,10 +63,8 @@ def _lif(n: dict[str, Any], ins: list[Array]) -> tuple[Array, Array]:
     return s, (h * (F32(1.0) - s)).astype(F32)
 
 
-def _fold_correction(n: dict[str, Any], ins: list[Array]) -> tuple[Array, Array]:
-    # Defined in passes/fold.py (kept next to the rewrite it inverts).
-    from .passes.fold import fold_correction
-    return fold_correction(n, ins)
+def _linear(n: dict[str, Any], ins: list[Array]) -> tuple[Array]:
+    return (ins[0] @ n["params"]["weight"].T).astype(F32),
 
 
 FLOAT_OPS: dict[str, OpFn] = {
@@ -74,7 +73,7 @@ FLOAT_OPS: dict[str, OpFn] = {
     "LayerNorm": _layernorm,
     "TokenShiftMix": lambda n, i: ((i[0] * n["params"]["mix"]
                                     + i[1] * (F32(1) - n["params"]["mix"])).astype(F32),),
-    "Linear": lambda n, i: ((i[0] @ n["params"]["weight"].T).astype(F32),),
+    "Linear": _linear,
     "Sigmoid": lambda n, i: (_sigmoid(i[0]),),
     "ReLU": lambda n, i: (np.maximum(i[0], F32(0)),),
     "Square": lambda n, i: ((i[0] * i[0]).astype(F32),),
@@ -85,9 +84,9 @@ FLOAT_OPS: dict[str, OpFn] = {
     "LIF": _lif,
     "SpikeSum": lambda n, i: (sum(F32(c) * x for c, x in zip(n["attrs"]["coefficients"], i))
                               .astype(F32),),
-    "SpikeLinear": lambda n, i: ((i[0] @ n["params"]["weight"].T).astype(F32),),
+    "SpikeLinear": _linear,
     "LayerNormStats": lambda n, i: _mean_inv_std(i[0], n["attrs"]["eps"]),
-    "FoldCorrection": _fold_correction,
+    "FoldCorrection": fold_correction,
 }
 
 
@@ -148,16 +147,21 @@ class Executor:
                 values[(n, port)] = value
         return StepResult(outputs, new_state, values if keep_values else {})
 
-    def run(self, tokens: Array, spikes_of: tuple[str, ...] = ("LIF", "Heaviside")
-            ) -> tuple[Array, dict[str, Array]]:
-        """tokens (B, T) -> logits (B, T, V) and spikes per population (B, T, C), from zero state."""
+    def steps(self, tokens: Array) -> Iterator[StepResult]:
+        """Each step's result (every value kept) over tokens (B, T), from the zero state."""
         tokens = np.asarray(tokens, dtype=np.int64)
         state = self.init_state(tokens.shape[0])
-        populations = [n for n in self.order if self.ir.node(n)["op"] in spikes_of]
-        logits, spikes = [], {self.ir.node(n)["module"]: [] for n in populations}
         for t in range(tokens.shape[1]):
             res = self.step(tokens[:, t], state, keep_values=True)
             state = res.state
+            yield res
+
+    def run(self, tokens: Array, spikes_of: tuple[str, ...] = ("LIF", "Heaviside")
+            ) -> tuple[Array, dict[str, Array]]:
+        """tokens (B, T) -> logits (B, T, V) and spikes per population (B, T, C), from zero state."""
+        populations = [n for n in self.order if self.ir.node(n)["op"] in spikes_of]
+        logits, spikes = [], {self.ir.node(n)["module"]: [] for n in populations}
+        for res in self.steps(tokens):
             logits.append(res.outputs["logits"])
             for n in populations:
                 spikes[self.ir.node(n)["module"]].append(res.values[(n, 0)])

@@ -30,6 +30,8 @@ import numpy as np
 
 from .errors import ConversionError
 
+HOST = "host"  # the placement of host nodes; chip nodes are placed on the target's name
+
 # op -> (number of inputs or None for variadic, number of outputs, one-line semantics)
 OPS: dict[str, tuple[int | None, int, str]] = {
     "Input": (0, 1, "token id of this step (int64 scalar per sample)"),
@@ -112,10 +114,10 @@ class IR:
 
     def inputs(self, node_id: str) -> list[Port]:
         """The node's inputs in port order."""
-        edges = sorted(self.graph.in_edges(node_id, data=True), key=lambda e: e[2]["dst_port"])
-        return [Port(u, d["src_port"]) for u, _, d in edges]
+        return [Port(u, d["src_port"]) for u, _, d in self.in_edges(node_id)]
 
     def in_edges(self, node_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """The node's incoming edges (u, v, data) in input-port order."""
         return sorted(self.graph.in_edges(node_id, data=True), key=lambda e: e[2]["dst_port"])
 
     def consumers(self, node_id: str, port: int | None = None) -> list[tuple[str, int]]:
@@ -144,6 +146,10 @@ class IR:
                 return n
         raise ConversionError(f"IR has no state slot '{slot}'")
 
+    def state_outs(self, slot: str) -> list[str]:
+        """The StateOut node(s) that write the slot's value for the next token."""
+        return [n for n in self.nodes_of("StateOut") if self.node(n)["attrs"]["state"] == slot]
+
     @property
     def meta(self) -> dict[str, Any]:
         """Free-form results of passes (e.g. the fold report), kept with the graph."""
@@ -161,8 +167,7 @@ class IR:
                 slot = self.node(n)["attrs"]["state"]
                 if all(self.node(v)["op"] == "StateOut" and self.node(v)["attrs"]["state"] == slot
                        for v, _ in self.consumers(n)):
-                    dead += [n] + [m for m in self.nodes_of("StateOut")
-                                   if self.node(m)["attrs"]["state"] == slot]
+                    dead += [n, *self.state_outs(slot)]
             read = {self.node(n)["attrs"]["state"] for n in self.nodes_of("StateIn")}
             dead += [m for m in self.nodes_of("StateOut")
                      if self.node(m)["attrs"]["state"] not in read]

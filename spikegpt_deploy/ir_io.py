@@ -49,12 +49,15 @@ def ir_to_json(ir: IR) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 def ir_from_json(doc: dict[str, Any], arrays: dict[str, np.ndarray], source: str) -> IR:
+    if not isinstance(doc, dict):
+        raise BundleError(f"{source}: expected a JSON object (a {IR_FORMAT} document), found "
+                          f"{type(doc).__name__}; re-run convert")
     if doc.get("format") != IR_FORMAT or doc.get("version") != IR_FORMAT_VERSION:
         raise BundleError(f"{source}: not a version-{IR_FORMAT_VERSION} {IR_FORMAT} document "
                           f"(found format {doc.get('format')!r} version {doc.get('version')!r})")
     graph = nx.MultiDiGraph()
-    graph.graph.update(doc.get("meta") or {})
     try:
+        graph.graph.update(doc.get("meta") or {})
         for nd in doc["nodes"]:
             if nd["op"] not in OPS:
                 raise BundleError(f"{source}: node '{nd['id']}' has unknown op '{nd['op']}'")
@@ -72,9 +75,10 @@ def ir_from_json(doc: dict[str, Any], arrays: dict[str, np.ndarray], source: str
                 raise BundleError(f"{source}: edge {e['src']} -> {e['dst']} names a missing node")
             attrs = {k: v for k, v in e.items() if k not in ("src", "dst")}
             graph.add_edge(e["src"], e["dst"], **attrs)
-    except (KeyError, TypeError) as exc:
-        raise BundleError(f"{source}: malformed IR document ({type(exc).__name__}: {exc})") from None
-    return IR(doc["config"], graph, doc.get("passes"))
+        return IR(doc["config"], graph, doc.get("passes"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{source}: malformed IR document ({type(exc).__name__}: {exc}); "
+                          f"re-run convert") from None
 
 
 def save_ir(ir: IR, directory: Path, stem: str = "ir") -> list[str]:

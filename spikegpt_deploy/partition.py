@@ -22,10 +22,9 @@ from hw_profiles import HardwareProfile
 
 from .errors import ConversionError
 from .interpreter import annotate_shapes
-from .ir import IR, infer_value_classes
+from .ir import HOST, IR, infer_value_classes
 
 POLICIES = ("spikes", "graded")
-HOST = "host"  # chip nodes are placed on the target's name, e.g. 'loihi2'
 # IR op -> the capability name a profile lists in chip_ops
 CAPABILITY_OF = {"SpikeLinear": "Linear", "Linear": "Linear", "SpikeSum": "Accumulate",
                  "LIF": "LIF"}
@@ -138,7 +137,7 @@ def _place_state(ir: IR) -> None:
             continue
         place = places.pop()
         slot = ir.node(n)["attrs"]["state"]
-        for m in [n, *(m for m in ir.nodes_of("StateOut") if ir.node(m)["attrs"]["state"] == slot)]:
+        for m in [n, *ir.state_outs(slot)]:
             ir.node(m)["placement"] = place
             ir.node(m)["reason"] = "state of a chip op: stays on chip between tokens"
 

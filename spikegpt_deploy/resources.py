@@ -18,9 +18,7 @@ import numpy as np
 from hw_profiles import HardwareProfile
 
 from .errors import ConversionError
-from .ir import IR
-
-HOST = "host"
+from .ir import HOST, IR
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ConversionError
 from ..ir import IR, Port
 
 F32 = np.float32
@@ -119,8 +118,7 @@ def _fold_one(ir: IR, lin: str, forms: dict[Port, _Stream], binary_x0: bool) -> 
         if ir.node(prev.node)["op"] != "StateIn":
             return "token-shift input is not a state slot"
         prev_slot = ir.node(prev.node)["attrs"]["state"]
-        writers = [ir.inputs(m)[0] for m in ir.nodes_of("StateOut")
-                   if ir.node(m)["attrs"]["state"] == prev_slot]
+        writers = [ir.inputs(m)[0] for m in ir.state_outs(prev_slot)]
         if writers != [ln_port]:
             return f"state slot {prev_slot} does not hold the previous token's LayerNorm output"
         mix = src_node["params"]["mix"]
@@ -205,9 +203,3 @@ def _stats(ir: IR, x: Port, ln: dict) -> str:
                     attrs={"eps": ln["attrs"]["eps"]})
     return nid
 
-
-def check_fold_inputs(ir: IR) -> None:
-    """Refuse IRs the fold cannot reason about (no ln0)."""
-    if not any(ir.node(n)["module"] == "blocks.0.ln0" for n in ir.nodes_of("LayerNorm")):
-        raise ConversionError("fold_layernorm: the IR has no blocks.0.ln0 LayerNorm; it needs a "
-                              "captured SpikeGPT step")

@@ -25,22 +25,16 @@ import numpy as np
 from .. import fixed_point as fp
 from ..errors import ConversionError
 from ..interpreter import FLOAT_OPS, Executor, OpFn
-from ..ir import IR
+from ..ir import HOST, IR
 
 F32 = np.float32
-HOST = "host"
 LIF_INPUT_MARGIN = 2.0  # calibrated max |current| x margin must fit the 16-bit a_in
 
 
 def calibrate(ir: IR, tokens: np.ndarray) -> dict[tuple[str, int], float]:
     """Max |value| of every value over a token sequence (tokens: (B, T)) in float execution."""
-    ex = Executor(ir)
-    tokens = np.asarray(tokens, dtype=np.int64)
-    state = ex.init_state(tokens.shape[0])
     peak: dict[tuple[str, int], float] = {}
-    for t in range(tokens.shape[1]):
-        res = ex.step(tokens[:, t], state, keep_values=True)
-        state = res.state
+    for res in Executor(ir).steps(tokens):
         for key, value in res.values.items():
             if value.dtype.kind == "f" and value.size:
                 peak[key] = max(peak.get(key, 0.0), float(np.max(np.abs(value))))
@@ -51,6 +45,12 @@ def _scale_bits_for(peak: float) -> int:
     """Largest input_scale_bits b (0..15) with peak * margin < 2**(15 - b)."""
     need = max(peak * LIF_INPUT_MARGIN, 1e-9)
     return int(max(0, min(15, math.floor(15 - math.log2(need)) - 1)))
+
+
+def graded_input(x: np.ndarray, input_step: float, graded_bits: int) -> np.ndarray:
+    """Host values x as the signed ``graded_bits`` graded spikes of a chip Linear (int32)."""
+    qmax = 2 ** (int(graded_bits) - 1) - 1
+    return np.clip(np.rint(x / input_step), -qmax, qmax).astype(np.int32)
 
 
 def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8) -> IR:
@@ -143,8 +143,7 @@ def _q_linear(n: dict, ins: list[np.ndarray]) -> tuple[np.ndarray]:
     a = n["attrs"]
     if "weight_q" not in n["params"]:
         return FLOAT_OPS["Linear"](n, ins)  # type: ignore[return-value]
-    qmax = 2 ** (int(a["graded_bits"]) - 1) - 1
-    xq = np.clip(np.rint(ins[0] / a["input_step"]), -qmax, qmax).astype(np.int32)
+    xq = graded_input(ins[0], a["input_step"], a["graded_bits"])
     if a["output"] == "host_readout":
         acc = xq.astype(np.int64) @ n["params"]["weight_q"].astype(np.int64).T
         return (acc * (a["weight_scale"] * a["input_step"])).astype(F32),
