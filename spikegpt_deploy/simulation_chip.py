@@ -34,7 +34,6 @@ from .ir import Port
 from .profiling.counts import layer_of
 from .simulation_stage import PortEntry
 
-HOST = "host"
 
 
 @dataclass

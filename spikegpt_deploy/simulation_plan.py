@@ -30,10 +30,10 @@ import numpy as np
 
 from .errors import SimulationError
 from .interpreter import Executor
-from .ir import IR, Port
+from .ir import HOST, IR, Port
 from .profiling.counts import layer_of, layer_rank
 from .sampling import SamplingOptions
-from .simulation_chip import HOST, ChipProcess, ChipWiring, Connection
+from .simulation_chip import ChipProcess, ChipWiring, Connection
 from .simulation_stage import (SLOTS, TOKEN_KEY, HostNode, InSlot, OutSlot, PortEntry,
                                StageProgram)
 

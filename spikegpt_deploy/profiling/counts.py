@@ -34,10 +34,9 @@ import numpy as np
 import torch
 
 from ..errors import ConversionError, DataError
-from ..ir import IR, Port
+from ..ir import HOST, IR, Port
 from .op_costs import PLUMBING, ann_op_counts, op_cost
 
-HOST = "host"
 LAYER_COUNTERS = ("spikes", "synaptic_ops", "accumulate_ops", "neuron_updates_active",
                   "neuron_updates_idle", "spike_messages", "payload_bits",
                   "io_messages_chip_to_host", "io_messages_host_to_chip",
