@@ -121,7 +121,9 @@ def partition(ir: IR, profile: HardwareProfile, policy: str = "spikes",
                           "linear on a float input that fold_layernorm did not make spike-driven")
         data["placement"], data["reason"] = placement, reason
     _place_state(out)
-    out.meta["crossings"] = [asdict(c) for c in _crossings(out)]
+    readout_bits = (profile.capacity_bits("graded_spike_bits_max") if graded_ok else
+                    VALUE_BITS["float"])
+    out.meta["crossings"] = [asdict(c) for c in _crossings(out, readout_bits)]
     out.meta["partition"] = {"target": profile.name, "policy": policy,
                              "graded_bits": graded_bits if policy == "graded" else None}
     out.passes.append("partition")
@@ -142,7 +144,13 @@ def _place_state(ir: IR) -> None:
             ir.node(m)["reason"] = "state of a chip op: stays on chip between tokens"
 
 
-def _crossings(ir: IR) -> list[Crossing]:
+def _crossings(ir: IR, readout_bits: int) -> list[Crossing]:
+    """Values that change placement, once per (source, port, direction).
+
+    The output of a chip linear read by the host is its integer accumulation, sent as one
+    graded message per element of ``readout_bits`` (the target's graded-spike payload; 32 bits
+    where the target has no graded spikes).
+    """
     found: dict[tuple[str, int, str], list[str]] = {}
     edges: dict[tuple[str, int, str], dict[str, Any]] = {}
     for u, v, d in ir.graph.edges(data=True):
@@ -161,6 +169,8 @@ def _crossings(ir: IR) -> list[Crossing]:
             cls, bits = "graded", int(dst["attrs"]["graded_bits"])
         elif cls == "integer":
             bits = 8  # spike counts: small integers (the profiler measures the real range)
+        elif key[2] == "chip_to_host" and ir.node(key[0])["op"] in ("SpikeLinear", "Linear"):
+            bits = readout_bits
         else:
             bits = VALUE_BITS.get(cls, 32)
         width = int(d["shape"][0]) if d.get("shape") else int(ir.config["n_embd"])

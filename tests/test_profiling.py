@@ -96,7 +96,8 @@ def test_hand_counts_match_hand_arithmetic():
     assert (emb_in["messages"], emb_in["bytes"]) == (6, 6 * 2 / 8)   # 2 address bits
     assert (by_src[("emb", "host_to_chip")]["messages"], by_src[("emb", "host_to_chip")]["bytes"]) \
         == (12, 48.0)
-    assert by_src[("head.spikes", "chip_to_host")]["bytes"] == 36.0
+    # 3 read-outs x 3 tokens, each an integer sum sent as a 24-bit graded message (loihi2)
+    assert by_src[("head.spikes", "chip_to_host")]["bytes"] == 3 * 3 * 24 / 8
     assert c.host_ops["emb"] == {"lookup_byte": 16, "compare": 4}
     assert c.pipeline == {"chip_depth": 3, "chip_segments": 1, "dense_depth": 1,
                           "lava_timesteps": 2}
