@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:  # lava's wheels install a top-level `tests` packa
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from proc_watch import alive, descendants, segments_of  # noqa: E402
 
 from spikegpt_deploy import fixed_point as fp  # noqa: E402
 from spikegpt_deploy.backends.base import SimulationBackend  # noqa: E402
@@ -254,43 +255,6 @@ def test_runner_build_errors():
 
 
 # ------------------------------------------------------------------------------- SIGINT
-def _proc_table() -> dict[int, tuple[int, str, str]]:
-    """pid -> (ppid, state, starttime) from /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            f = stat[stat.rfind(")") + 2:].split()
-            table[int(entry)] = (int(f[1]), f[0], f[19])
-    return table
-
-
-def _descendants(root: int) -> dict[int, str]:
-    table, out, todo = _proc_table(), {}, [root]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, state, start) in table.items():
-            if ppid == parent and pid not in out:
-                out[pid] = start
-                todo.append(pid)
-    return out
-
-
-def _segments_of(pids) -> set[str]:
-    names = set()
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-                if "/dev/shm/psm_" in line and "(deleted)" not in line:
-                    names.add(os.path.basename(line.split()[-1]))
-        except OSError:
-            continue
-    return names
-
-
 SIGINT_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
@@ -323,14 +287,14 @@ def test_runner_sigint_leaves_nothing_behind():
     try:
         seen, segs, deadline = {}, set(), time.monotonic() + 40
         while time.monotonic() < deadline:  # wait until the simulation is running
-            seen.update(_descendants(proc.pid))
-            segs |= _segments_of(seen)
+            seen.update(descendants(proc.pid))
+            segs |= segments_of(seen)
             if len(seen) >= 6 and segs and proc.poll() is None:
                 break
             time.sleep(0.2)
         time.sleep(1.0)
-        seen.update(_descendants(proc.pid))
-        segs |= _segments_of(seen)
+        seen.update(descendants(proc.pid))
+        segs |= segments_of(seen)
         assert proc.poll() is None and segs, "the simulation did not start"
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
@@ -339,8 +303,6 @@ def test_runner_sigint_leaves_nothing_behind():
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130 and "INTERRUPTED" in out, err[-2000:]
-    table = _proc_table()
-    survivors = [pid for pid, start in seen.items()
-                 if pid in table and table[pid][2] == start and table[pid][1] != "Z"]
+    survivors = [pid for pid, start in seen.items() if alive(pid, start)]
     assert survivors == []
     assert [s for s in segs if os.path.exists(f"/dev/shm/{s}")] == []

@@ -29,6 +29,7 @@ pytest.importorskip("lava")
 torch = pytest.importorskip("torch")
 
 from conftest import make_tiny_model, random_text  # noqa: E402
+from proc_watch import alive, descendants, segments_of  # noqa: E402
 from spikegpt_deploy import api, simulation  # noqa: E402
 from spikegpt_deploy.backends import lava_runner  # noqa: E402
 from spikegpt_deploy.bundle import load_bundle  # noqa: E402
@@ -269,49 +270,6 @@ def _psm() -> set[str]:
     return {f for f in os.listdir("/dev/shm") if f.startswith("psm_")}
 
 
-def _descendants(root: int) -> dict[int, str]:
-    """pid -> start time of every live descendant of ``root`` (from /proc)."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            f = stat[stat.rfind(")") + 2:].split()
-            if f[0] != "Z":
-                table[int(entry)] = (int(f[1]), f[19])
-    out, todo = {}, [root]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, start) in table.items():
-            if ppid == parent and pid not in out:
-                out[pid] = start
-                todo.append(pid)
-    return out
-
-
-def _alive(pid: int, start: str) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    f = stat[stat.rfind(")") + 2:].split()
-    return f[0] != "Z" and f[19] == start
-
-
-def _segments_of(pids) -> set[str]:
-    names = set()
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-                if "/dev/shm/psm_" in line and "(deleted)" not in line:
-                    names.add(os.path.basename(line.split()[-1]))
-        except OSError:
-            continue
-    return names
-
-
 def test_tampered_bundle_and_bad_prompts(bundle, tmp_path):
     import shutil
     bad = tmp_path / "tampered.bundle"
@@ -338,7 +296,7 @@ def test_host_process_exception_is_reported_and_cleaned_up(bundle, monkeypatch):
             runners.append(self)
 
     monkeypatch.setattr(lava_runner, "LavaRunner", Recording)
-    before = set(_descendants(os.getpid()))
+    before = set(descendants(os.getpid()))
     t0 = time.monotonic()
     with pytest.raises(SimulationError, match="injected fault in host stage 'blocks.1' at token 3"):
         simulation.simulate(bundle, [1, 2, 3], 8, "fixed", host_layout="layers",
@@ -346,7 +304,7 @@ def test_host_process_exception_is_reported_and_cleaned_up(bundle, monkeypatch):
     assert time.monotonic() - t0 < 60
     (runner,) = runners
     assert runner.last_segments and runner.leftovers() == ([], [])
-    assert set(_descendants(os.getpid())) <= before
+    assert set(descendants(os.getpid())) <= before
 
 
 def test_cli_errors_are_one_line(bundle, tmp_path):
@@ -388,13 +346,13 @@ def test_cli_sigint_leaves_nothing_behind(bundle):
     try:
         seen, segs, deadline = {}, set(), time.monotonic() + 120
         while time.monotonic() < deadline:  # until tokens stream out of a running network
-            seen.update(_descendants(proc.pid))
-            segs |= _segments_of(seen)
+            seen.update(descendants(proc.pid))
+            segs |= segments_of(seen)
             streaming = select.select([proc.stdout], [], [], 0.2)[0]
             if len(seen) >= 10 and segs and proc.poll() is None and streaming:
                 break
-        seen.update(_descendants(proc.pid))
-        segs |= _segments_of(seen)
+        seen.update(descendants(proc.pid))
+        segs |= segments_of(seen)
         assert proc.poll() is None and segs, "the simulation did not start"
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
@@ -403,7 +361,7 @@ def test_cli_sigint_leaves_nothing_behind(bundle):
             proc.kill()
             proc.communicate()
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
-    assert [pid for pid, start in seen.items() if _alive(pid, start)] == []
+    assert [pid for pid, start in seen.items() if alive(pid, start)] == []
     assert [s for s in segs if os.path.exists(f"/dev/shm/{s}")] == []
 
 
