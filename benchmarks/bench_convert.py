@@ -99,18 +99,12 @@ def _worker_make_216m(path: str) -> dict:
 
 
 def _worker_make_small(path: str) -> dict:
-    import torch
+    from common import random_firing_model
     from spikegpt_deploy.checkpoint import save_model
     from spikegpt_deploy.data import CharTokenizer
-    from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig
 
     tok = CharTokenizer([chr(c) for c in range(32, 127)] + ["\n"])
-    torch.manual_seed(0)
-    model = SpikeGPT(SpikeGPTConfig(tok.vocab_size, 4, 128)).eval()
-    with torch.no_grad():
-        for block in model.blocks:          # scale the LIF-feeding weights so LIFs fire
-            block.att.output.weight.mul_(8)
-            block.ffn.value.weight.mul_(8)
+    model = random_firing_model(tok.vocab_size)
     save_model(model, path, tok)
     return {"parameters": model.num_parameters()}
 

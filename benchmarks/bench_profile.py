@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from spikegpt_deploy import api  # noqa: E402
 from spikegpt_deploy.data import CharTokenizer, encode_split, load_corpus  # noqa: E402
 from spikegpt_deploy.errors import DeployError  # noqa: E402
-from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig  # noqa: E402
+from common import random_firing_model, rnn_step_seconds  # noqa: E402
+from spikegpt_deploy.model import SpikeGPT  # noqa: E402
 from spikegpt_deploy.profiling import count_ops, profile_model, record_spikes_pytorch  # noqa
 from spikegpt_deploy.profiling.pricing import price_target  # noqa: E402
 
@@ -40,24 +41,9 @@ def _model_and_ids(model_path: str | None, data: str, n: int) -> tuple[SpikeGPT,
         if model_path is not None:
             raise
         tok = CharTokenizer.from_text(corpus.train + corpus.valid + corpus.test)
-        torch.manual_seed(0)
-        model = SpikeGPT(SpikeGPTConfig(tok.vocab_size, 4, 128)).eval()
-        with torch.no_grad():
-            for block in model.blocks:          # scale the LIF-feeding weights so LIFs fire
-                block.att.output.weight.mul_(8)
-                block.ffn.value.weight.mul_(8)
+        model = random_firing_model(tok.vocab_size)
         ids = encode_split(tok, corpus, "valid")
         return model, ids[:n], f"random 4x128 (no default model: {exc})"
-
-
-@torch.no_grad()
-def _plain_rnn(model: SpikeGPT, ids: np.ndarray) -> float:
-    state = model.init_state(1)
-    tokens = torch.from_numpy(ids)
-    start = time.perf_counter()
-    for t in range(len(ids)):
-        _, state = model.step(tokens[t:t + 1], state)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -74,9 +60,9 @@ def main() -> None:
     n = len(ids)
     print(f"model {name}: {model.config.n_layer} x {model.config.n_embd}, {n} tokens, "
           f"target {args.target}")
-    _plain_rnn(model, ids[: min(n, 20)])                     # warm-ups (imports, allocators)
+    rnn_step_seconds(model, ids[: min(n, 20)])                     # warm-ups (imports, allocators)
     profile_model(model, ids[: min(n, 20)], args.target)
-    plain = _plain_rnn(model, ids)
+    plain = rnn_step_seconds(model, ids)
     start = time.perf_counter()
     result = profile_model(model, ids, args.target)
     whole = time.perf_counter() - start

@@ -28,7 +28,7 @@ from spikegpt_deploy import api, simulation  # noqa: E402
 from spikegpt_deploy.checkpoint import load_checkpoint, save_model  # noqa: E402
 from spikegpt_deploy.data import CharTokenizer, load_corpus  # noqa: E402
 from spikegpt_deploy.errors import DeployError  # noqa: E402
-from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig  # noqa: E402
+from common import random_firing_model, rnn_step_seconds  # noqa: E402
 from spikegpt_deploy.sampling import SamplingOptions  # noqa: E402
 
 PROMPT_CHARS = 16
@@ -40,25 +40,10 @@ def _model(path: str | None, tmp: Path) -> tuple[Path, str]:
     except DeployError as exc:
         text = load_corpus("kjv").valid[:20000]
         tok = CharTokenizer.from_text(text)
-        torch.manual_seed(0)
-        model = SpikeGPT(SpikeGPTConfig(tok.vocab_size, 4, 128)).eval()
-        with torch.no_grad():
-            for block in model.blocks:
-                block.att.output.weight.mul_(8)
-                block.ffn.value.weight.mul_(8)
+        model = random_firing_model(tok.vocab_size)
         out = tmp / "random-4x128.pt"
         save_model(model, out, tok)
         return out, f"random 4x128 ({exc})"
-
-
-@torch.no_grad()
-def _pytorch_s(model: SpikeGPT, ids: list[int]) -> float:
-    state = model.init_state(1)
-    tokens = torch.tensor(ids)
-    start = time.perf_counter()
-    for t in range(len(ids)):
-        _, state = model.step(tokens[t:t + 1], state)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -84,7 +69,7 @@ def main() -> None:
         for precision in ("float", "fixed"):
             r = simulation.simulate(bundle, prompt, n_gen, precision,
                                     SamplingOptions(temperature=0.0))
-            torch_s = _pytorch_s(loaded.model, r.token_ids)
+            torch_s = rnn_step_seconds(loaded.model, r.token_ids)
             rows.append((precision, r, len(r.token_ids) / torch_s))
     print(f"\n{'precision':<9} {'tokens':>6} {'sim tok/s':>9} {'torch tok/s':>11} "
           f"{'ratio':>7} {'wall s':>7} {'compile s':>9} {'run s':>7}")
