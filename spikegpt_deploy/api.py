@@ -1,15 +1,22 @@
-"""The functions behind the command line (each CLI command is a thin wrapper over one of these)."""
+"""The functions behind the command line: every command is a thin wrapper over one of these
+(``COMMANDS`` maps command names to them), so what a command can do, Python can do.
+
+The CLI only parses options and renders results; checks, defaults and policies live here.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from .checkpoint import LoadedModel, load_checkpoint
 from .data import BPETokenizer, Tokenizer, encode_split, load_corpus
 from .errors import BundleError, CheckpointError, DataError
 from .evaluation import EvalResult, evaluate_ids
+from .inputs import check_count, check_real
+from .outputs import check_output
 from .sampling import SamplingOptions, encode_prompt, generate_ids
 
 DEFAULT_MODEL_ENV = "SPIKEGPT_DEPLOY_MODEL"
@@ -32,13 +39,23 @@ def default_model_path() -> Path:
         f"{DEFAULT_MODEL_ENV}")
 
 
-def open_model(path: str | Path | None, tokenizer_path: str | None = None,
+def open_model(path: str | Path | None, tokenizer_path: str | Path | None = None,
                **overrides: Any) -> LoadedModel:
-    """Load a model file (or the default), with an optional tokenizers JSON for bare state_dicts."""
+    """Load a model file (or the default), with an optional tokenizers JSON for bare state_dicts.
+
+    An exported step ``.onnx`` is read back too (its config is fixed: no overrides)."""
     tokenizer: Tokenizer | None = BPETokenizer.from_file(tokenizer_path) if tokenizer_path else None
-    loaded = load_checkpoint(path if path is not None else default_model_path(),
-                             tokenizer=tokenizer, **overrides)
-    return loaded
+    source = Path(path) if path is not None else default_model_path()
+    if source.suffix == ".onnx":
+        from converters.onnx_import import model_from_onnx
+
+        from .checkpoint import file_sha256
+        if overrides:
+            raise CheckpointError(f"{source}: config overrides do not apply to an .onnx step "
+                                  f"export (its config is fixed at export time)")
+        return LoadedModel(model_from_onnx(source), tokenizer, source, file_sha256(source),
+                           "onnx-step")
+    return load_checkpoint(source, tokenizer=tokenizer, **overrides)
 
 
 def require_tokenizer(loaded: LoadedModel) -> Tokenizer:
@@ -52,15 +69,25 @@ def require_tokenizer(loaded: LoadedModel) -> Tokenizer:
     return loaded.tokenizer
 
 
+def train(options: Any, on_progress: Callable[[Any], None] | None = None,
+          resume: bool = False) -> dict[str, Any]:
+    """Train a char-level SpikeGPT (``training.TrainOptions``) and write ``options.out``;
+    returns the model's metadata. The output path is checked before training starts."""
+    from .training import train as run_training
+
+    check_output(options.out, "--out")
+    return run_training(options, on_progress, resume=resume)
+
+
 def evaluate(loaded: LoadedModel, data: str, split: str = "valid",
              max_tokens: int | None = None, window_len: int | None = None) -> EvalResult:
     """Bits per token and firing rates of ``loaded`` on the held-out split of ``data``."""
+    if max_tokens is not None:
+        check_count(max_tokens, "--max-tokens", 1, 2**62)
     tokenizer = require_tokenizer(loaded)
     corpus = load_corpus(data)
     ids = encode_split(tokenizer, corpus, split)
     window = window_len or loaded.model.config.ctx_len
-    if max_tokens is not None and max_tokens < 1:
-        raise DataError(f"--max-tokens must be >= 1, got {max_tokens}")
     if max_tokens is not None and max_tokens < window:
         raise DataError(f"--max-tokens {max_tokens} is less than one window of {window} tokens; "
                         f"pass --max-tokens {window} or more")
@@ -72,11 +99,20 @@ def evaluate(loaded: LoadedModel, data: str, split: str = "valid",
 
 def generate(loaded: LoadedModel, prompt: str, n_tokens: int,
              options: SamplingOptions) -> Iterator[str]:
-    """Yield the decoded text of each generated token (RNN mode, streaming)."""
+    """The decoded text of each generated token (RNN mode, streaming). Every argument is checked
+    before this returns, so nothing is printed for a bad one."""
     tokenizer = require_tokenizer(loaded)
-    prompt_ids = encode_prompt(tokenizer, prompt)
-    for tok in generate_ids(loaded.model, prompt_ids, n_tokens, options):
-        yield tokenizer.decode([tok])
+    check_count(n_tokens, "--tokens")
+    options.validate()
+    ids = generate_ids(loaded.model, encode_prompt(tokenizer, prompt), n_tokens, options)
+    return (tokenizer.decode([tok]) for tok in ids)
+
+
+def export_onnx(loaded: LoadedModel, out_path: str | Path) -> Path:
+    """Write ``loaded``'s per-token step (tokens, state -> logits, next state) as checked ONNX."""
+    from converters.onnx_export import export_step_onnx
+
+    return export_step_onnx(loaded.model, check_output(out_path, "-o/--out"))
 
 
 def default_bundle_dir(model_path: Path, target: str) -> Path:
@@ -86,42 +122,48 @@ def default_bundle_dir(model_path: Path, target: str) -> Path:
 
 def convert(model: str | Path | None, out_dir: str | Path | None, force: bool = False,
             **options: Any) -> tuple[Path, dict[str, Any]]:
-    """Run the conversion pipeline and write the bundle; returns its path and manifest."""
+    """Run the conversion pipeline and write the bundle; returns its path and manifest.
+
+    ``options`` are the fields of ``convert.ConvertOptions`` (target, policy, weight_bits, ...)."""
     from .bundle import refuse_existing, verify_bundle, write_bundle
     from .convert import ConvertOptions, run_pipeline
 
     source = Path(model) if model is not None else default_model_path()
     opts = ConvertOptions(**options)
     out = Path(out_dir) if out_dir is not None else default_bundle_dir(source, opts.target)
-    refuse_existing(out, force)  # fail before the work, not after it
+    check_output(out, "-o/--out", folder=True)  # fail before the work, not after it
+    refuse_existing(out, force)
     ctx = run_pipeline(source, opts)
     path = write_bundle(ctx, out, force=force)
     return path, verify_bundle(path)
 
 
 def inspect_bundle(path: str | Path) -> dict[str, Any]:
-    """The bundle's summary: partition, crossings per token, resources, quantization error."""
-    from .bundle import verify_bundle
+    """The bundle's summary: partition, crossings per token, resources, quantization error,
+    and the target profile it carries."""
+    from .bundle import bundle_profile, verify_bundle
 
     manifest = verify_bundle(path)
+    target = bundle_profile(path, manifest)
     # The manifest is not covered by a hash: a damaged one must still fail as a BundleError.
     try:
-        crossings = manifest.get("crossings", [])
         per_direction: dict[str, dict[str, float]] = {}
-        for c in crossings:
+        for c in manifest.get("crossings", []):
             d = per_direction.setdefault(c["direction"], {"values": 0, "max_messages": 0,
                                                           "max_bytes": 0.0})
             d["values"] += 1
             d["max_messages"] += c["width"]
             d["max_bytes"] += c["width"] * c["bits_per_element"] / 8
-        layers = manifest.get("quantization", {}).get("layers", {})
         return {
             "bundle": str(path), "source_model": manifest["source_model"],
             "config": manifest["config"], "target": manifest["target"],
+            "target_profile": {"name": target.name, "title": target.title,
+                               "sha256": target.sha256, "path": str(target.path)},
             "policy": manifest["policy"], "passes": manifest["passes"],
             "partition": manifest["partition"],
             "crossings_per_token": per_direction, "resources": manifest["resources"],
-            "quantization": layers, "equivalence": manifest.get("equivalence"),
+            "quantization": manifest.get("quantization", {}).get("layers", {}),
+            "equivalence": manifest.get("equivalence"),
             "spike_driven_linears": sorted(k for k, v in manifest.get("fold_report", {}).items()
                                            if v.get("spike_driven")),
             "files": sorted(manifest["files"]),
@@ -129,3 +171,115 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise BundleError(f"{Path(path) / 'manifest.json'}: malformed manifest "
                           f"({type(exc).__name__}: {exc}); re-run convert") from None
+
+
+@dataclass
+class SimulationRun:
+    """A Lava simulation of a bundle: the run, the generated text, the equivalence summary."""
+
+    result: Any       # simulation.SimulationResult
+    text: str
+    equivalence: dict[str, Any]
+
+    def to_dict(self, prompt: str) -> dict[str, Any]:
+        return {"text": self.text, "prompt": prompt, **self.result.summary(),
+                "equivalence": self.equivalence}
+
+
+def simulate(bundle: str | Path, prompt: str, n_tokens: int, precision: str = "float",
+             sampling: SamplingOptions = SamplingOptions(), *, timeout_s: float | None = None,
+             host_layout: str = "single",
+             on_text: Callable[[int, str, float], None] | None = None) -> SimulationRun:
+    """Generate text from ``prompt`` with the bundle simulated in Lava, compared with the
+    bundle's own reference; ``on_text(index, piece, seconds)`` streams each token."""
+    from .simulation import simulate_text
+
+    check_count(n_tokens, "--tokens")
+    sampling.validate()
+    if timeout_s is not None:
+        check_real(timeout_s, "--timeout", 0.0, above=True)
+    result, text, eq = simulate_text(bundle, prompt, n_tokens, precision, sampling,
+                                     timeout_s=timeout_s, host_layout=host_layout,
+                                     on_text=on_text)
+    return SimulationRun(result, text, eq)
+
+
+def profile(model: str | Path | None, data: str = "kjv", n_tokens: int = 256, *,
+            targets: Sequence[str] = ("loihi2",), host_profile: str | None = None,
+            user_profiles: Sequence[str] = (), policy: str = "spikes",
+            precision: str = "fixed", timesteps: float | None = None, hops: float | None = None,
+            sensitivity_factor: float = 2.0, tokenizer_path: str | Path | None = None,
+            overrides: dict[str, Any] | None = None,
+            out_dir: str | Path | None = None) -> tuple[Any, list[Path]]:
+    """Count and price a model file (spikes recorded in PyTorch) or a bundle directory (spikes
+    recorded in its Lava simulation, priced on the target the bundle carries). With ``out_dir``
+    (checked first) profile.json and the CSV tables are written there. Returns the
+    ``ProfileResult`` and the paths written."""
+    from .profiling import profile_bundle, profile_checkpoint
+    from .profiling.report import write_outputs
+
+    check_count(n_tokens, "--tokens", 1)
+    for name, value in (("--timesteps", timesteps), ("--hops", hops)):
+        if value is not None:
+            check_real(value, name, 0.0)
+    check_real(sensitivity_factor, "--sensitivity-factor", 1.0, above=True)
+    if out_dir is not None:
+        check_output(out_dir, "-o/--out", folder=True)
+    if model is not None and Path(model).is_dir():
+        if user_profiles or tuple(targets) != ("loihi2",) or policy != "spikes":
+            raise DataError("a bundle is profiled on the target and policy it was converted "
+                            "for; --target, --policy and --profile apply to model files")
+        if tokenizer_path is not None or overrides:
+            raise DataError("a bundle carries its own tokenizer and config; --tokenizer and "
+                            "model overrides apply to model files")
+        result = profile_bundle(model, data, n_tokens, precision, host_profile=host_profile,
+                                timesteps=timesteps, hops=hops,
+                                sensitivity_factor=sensitivity_factor)
+    else:
+        result = profile_checkpoint(model, data, n_tokens, targets, host_profile,
+                                    user_profiles, policy, timesteps=timesteps, hops=hops,
+                                    sensitivity_factor=sensitivity_factor,
+                                    tokenizer_path=tokenizer_path, overrides=overrides)
+    paths = write_outputs(result, out_dir) if out_dir is not None else []
+    return result, paths
+
+
+def report(profile_json: str | Path, html_path: str | Path | None = None
+           ) -> tuple[Any, Path | None]:
+    """Read a profile.json; with ``html_path`` (checked first) also write the HTML report.
+    Returns the ``ProfileResult`` and the HTML path (or None)."""
+    from .profiling.html import write_html
+    from .profiling.report import load_json
+
+    if html_path is not None:
+        check_output(html_path, "--html")
+    result = load_json(profile_json)
+    return result, write_html(result, html_path) if html_path is not None else None
+
+
+def targets() -> list[dict[str, Any]]:
+    """The built-in hardware profiles: name, role, title, default host, and how many figures
+    of each kind (datasheet, measured, ...) and from each source they hold."""
+    from hw_profiles import list_profiles, load_profile
+
+    out = []
+    for name in list_profiles():
+        prof = load_profile(name)
+        kinds: dict[str, int] = {}
+        sources: dict[str, int] = {}
+        for _, _, q in prof.quantities():
+            kinds[q.kind] = kinds.get(q.kind, 0) + 1
+            sources[q.source] = sources.get(q.source, 0) + 1
+        out.append({"name": name, "role": prof.role, "title": prof.title,
+                    "default_host": prof.default_host, "path": str(prof.path),
+                    "sha256": prof.sha256, "kinds": dict(sorted(kinds.items())),
+                    "sources": dict(sorted(sources.items(), key=lambda kv: -kv[1]))})
+    return out
+
+
+# command name -> the function it wraps
+COMMANDS: dict[str, Callable[..., Any]] = {
+    "train": train, "evaluate": evaluate, "generate": generate, "export-onnx": export_onnx,
+    "convert": convert, "inspect": inspect_bundle, "simulate": simulate, "profile": profile,
+    "report": report, "targets": targets,
+}

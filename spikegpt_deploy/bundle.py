@@ -7,6 +7,8 @@ Layout (format ``spikegpt-deploy-bundle``, version 1):
     ir.json           the partitioned, quantized per-token graph (nodes, edges, attributes)
     ir_params.npz     its arrays (float weights, integer mantissas), pickle-free
     tokenizer.json    the model's tokenizer (char vocabulary or tokenizers JSON)
+    target.toml       the hardware profile the bundle was converted for (its sha256 is the
+                      manifest's target.profile_sha256), so the bundle needs no outside file
     host.onnx         the host partition as ONNX (inputs: token, host state, chip->host values)
     spiking.nir       the spiking partition as a NIR graph
     chip.<layer>.net  the chip layers netx expresses, one lava-dl netx HDF5 file each (a netx
@@ -19,16 +21,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable
+
+from hw_profiles import HardwareProfile, load_profile
 
 from .convert import ConvertContext
 from .data import Tokenizer, tokenizer_from_dict
-from .errors import BundleError, ConversionError, DeployError
+from .errors import BundleError, ConversionError, DeployError, ProfileError
 from .ir import IR
 from .ir_io import load_ir, save_ir
 from .partition import placement_summary
@@ -36,6 +41,9 @@ from .partition import placement_summary
 BUNDLE_FORMAT = "spikegpt-deploy-bundle"
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+PROFILE_FILE = "target.toml"   # the hardware profile the bundle was converted for
+REQUIRED_FILES = ("ir.json", "ir_params.npz")
+log = logging.getLogger(__name__)
 
 
 def _sha256(path: Path) -> str:
@@ -103,7 +111,7 @@ def write_bundle(ctx: ConvertContext, out_dir: str | Path, force: bool = False,
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             _write_files(ctx, tmp, emitters)
-            _swap_in(tmp, out)
+            _swap_in(tmp, out, force)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -129,6 +137,8 @@ def _write_files(ctx: ConvertContext, tmp: Path, emitters: list[str] | None) -> 
             raise ConversionError(f"emitting {name} failed: {exc}") from None
         files += [emitted[name]["file"]] if emitted[name].get("file") else []
         files += emitted[name].get("files", [])
+    (tmp / PROFILE_FILE).write_bytes(_profile_bytes(ctx))
+    files.append(PROFILE_FILE)
     if ctx.tokenizer is not None:
         (tmp / "tokenizer.json").write_text(json.dumps(ctx.tokenizer.to_dict()), encoding="utf-8")
         files.append("tokenizer.json")
@@ -137,9 +147,35 @@ def _write_files(ctx: ConvertContext, tmp: Path, emitters: list[str] | None) -> 
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``. An old ``out`` is moved aside first and deleted only once the
-    new one is in place, so a failure leaves the old bundle or the new one, never a mix."""
+def _profile_bytes(ctx: ConvertContext) -> bytes:
+    """The bytes of the target profile the pipeline used (checked against its sha256, so a file
+    edited during the conversion is not embedded)."""
+    assert ctx.profile is not None
+    try:
+        raw = Path(ctx.profile.path).read_bytes()
+    except OSError as exc:
+        raise ConversionError(f"{ctx.profile.path}: cannot read the target profile to embed it "
+                              f"({exc.strerror})") from None
+    if hashlib.sha256(raw).hexdigest() != ctx.profile.sha256:
+        raise ConversionError(f"{ctx.profile.path}: changed during the conversion; run it again")
+    return raw
+
+
+def _swap_in(tmp: Path, out: Path, force: bool) -> None:
+    """Rename ``tmp`` to ``out``. An old ``out`` is moved aside first (only with ``force``) and
+    deleted only once the new one is in place, so a failure leaves the old bundle or the new
+    one, never a mix. Without ``force``, a bundle that another process wrote to ``out`` since
+    the check at the start is left alone: the rename fails on the non-empty directory."""
+    if not force:
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if out.exists():
+                raise BundleError(f"{out} already exists (written meanwhile by another "
+                                  f"process); pass --force to replace it or choose another -o"
+                                  ) from None
+            raise
+        return
     if not out.exists():
         os.replace(tmp, out)
         return
@@ -165,7 +201,7 @@ def _manifest(ctx: ConvertContext, emitted: dict[str, Any]) -> dict[str, Any]:
                          "format": ctx.loaded.source_format},
         "config": ir.config,
         "target": {"name": ctx.profile.name, "title": ctx.profile.title,
-                   "profile_sha256": ctx.profile.sha256},
+                   "profile_sha256": ctx.profile.sha256, "profile_file": PROFILE_FILE},
         "policy": ir.meta.get("partition", {}),
         "passes": ir.passes,
         "fold_report": ir.meta.get("fold_report", {}),
@@ -186,19 +222,42 @@ class Bundle:
     tokenizer: Tokenizer | None
 
 
+def _safe_member(root: Path, name: Any, mpath: Path) -> Path:
+    """The path of the manifest entry ``name`` inside ``root``, refused (before anything is
+    opened) when it is absolute, climbs with '..', or resolves outside the bundle through a
+    symlink."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise BundleError(f"{mpath}: file name {name!r} is not a plain relative name; re-run "
+                          f"convert")
+    parts = PurePosixPath(name).parts
+    if PurePosixPath(name).is_absolute() or ".." in parts:
+        raise BundleError(f"{mpath}: file name {name!r} points outside the bundle (absolute or "
+                          f"'..'); refused without opening it; re-run convert")
+    path = root / name
+    inside = root.resolve()
+    resolved = path.resolve()
+    if resolved != inside and inside not in resolved.parents:
+        raise BundleError(f"{path}: resolves to {resolved}, outside the bundle (a symlink); "
+                          f"refused without opening it; re-run convert")
+    return path
+
+
 def verify_bundle(path: str | Path) -> dict[str, Any]:
-    """Check the manifest's format version and every file's sha256; return the manifest."""
+    """Check the manifest's format version, the file names and every file's sha256; return the
+    manifest. Every name is checked before any listed file is opened."""
     root = Path(path)
-    mpath = root / MANIFEST
     if not root.is_dir():
         raise BundleError(f"{root}: not a bundle directory (run 'spikegpt-deploy convert' first)")
+    mpath = root / MANIFEST
+    if mpath.exists() or mpath.is_symlink():
+        _safe_member(root, MANIFEST, mpath)
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BundleError(f"{mpath}: missing; {root} is not a spikegpt-deploy bundle") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mpath}: not valid JSON ({exc}); re-run convert") from None
-    except OSError as exc:
+    except (OSError, RecursionError) as exc:
         raise BundleError(f"{mpath}: cannot be read ({exc}); expected the bundle's manifest file"
                           ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
@@ -210,14 +269,48 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{mpath}: no 'files' table")
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing:
+        raise BundleError(f"{mpath}: the 'files' table lacks {missing}; re-run convert")
+    paths = {name: _safe_member(root, name, mpath) for name in files}
     for name, digest in files.items():
-        fpath = root / name
+        fpath = paths[name]
         if not fpath.is_file():
             raise BundleError(f"{fpath}: listed in the manifest but missing")
-        if _sha256(fpath) != digest:
+        try:
+            actual = _sha256(fpath)
+        except OSError as exc:
+            raise BundleError(f"{fpath}: cannot be read ({exc.strerror}); re-run convert"
+                              ) from None
+        if actual != digest:
             raise BundleError(f"{fpath}: sha256 does not match the manifest (the file was "
                               f"changed or corrupted); re-run convert")
     return manifest
+
+
+def bundle_profile(path: str | Path, manifest: dict[str, Any] | None = None) -> HardwareProfile:
+    """The hardware profile the bundle was converted for, from its own ``target.toml`` (so a
+    bundle converted with ``--target my.toml`` needs no copy of that file); bundles written
+    before the profile was embedded fall back to the built-in profile of that name."""
+    root = Path(path)
+    manifest = verify_bundle(root) if manifest is None else manifest
+    target = manifest.get("target")
+    if not isinstance(target, dict) or not isinstance(target.get("name"), str):
+        raise BundleError(f"{root / MANIFEST}: no 'target' name; re-run convert")
+    if PROFILE_FILE in manifest["files"]:
+        try:
+            profile = load_profile(root / PROFILE_FILE)
+        except ProfileError as exc:
+            raise BundleError(f"{root / PROFILE_FILE}: the bundle's target profile is invalid "
+                              f"({exc}); re-run convert") from None
+        if profile.sha256 != target.get("profile_sha256"):
+            raise BundleError(f"{root / PROFILE_FILE}: its sha256 differs from the manifest's "
+                              f"target.profile_sha256; re-run convert")
+        return profile
+    profile = load_profile(target["name"])
+    if profile.sha256 != target.get("profile_sha256"):
+        log.warning("profile %s changed since the bundle was converted", profile.name)
+    return profile
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -53,6 +53,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _torch_load(path: Path) -> Any:
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a model file; pass a .pt/.pth file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:
@@ -231,14 +233,20 @@ def load_model(path: str | Path, **config_overrides: Any) -> SpikeGPT:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"{path}: cannot write ({exc.strerror or exc}); check the "
+                                  f"folder's permissions and free space, or choose another "
+                                  f"path") from None
         raise
 
 

@@ -21,6 +21,7 @@ from hw_profiles import HardwareProfile, load_profile
 from .checkpoint import LoadedModel, file_sha256, load_checkpoint
 from .data import Tokenizer, encode_split, load_corpus
 from .errors import ConversionError, DeployError
+from .inputs import check_count
 from .interpreter import Executor
 from .ir import IR
 from .partition import POLICIES, partition
@@ -48,8 +49,10 @@ class ConvertOptions:
         if self.policy not in POLICIES:
             raise ConversionError(f"--policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
         for name in ("calibration_tokens", "check_tokens"):
-            if getattr(self, name) < 1:
-                raise ConversionError(f"--{name.replace('_', '-')} must be >= 1")
+            check_count(getattr(self, name), f"--{name.replace('_', '-')}", 1)
+        for name in ("weight_bits", "graded_bits"):
+            check_count(getattr(self, name), f"--{name.replace('_', '-')}", 1, 64)
+        check_count(self.seed, "seed", 0, 2**63 - 1)
 
 
 @dataclass

@@ -57,9 +57,15 @@ def load_corpus(spec: str) -> Corpus:
         digest = hashlib.sha256("".join(parts.values()).encode()).hexdigest()
         return Corpus("kjv", parts["train"], parts["valid"], parts["test"], digest)
     path = Path(spec)
+    if path.is_dir():
+        raise DataError(f"data {spec!r}: is a folder; pass 'kjv' or the path of a UTF-8 text file")
     if not path.is_file():
         raise DataError(f"data {spec!r}: no such file; pass 'kjv' or the path of a UTF-8 text file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"data {spec!r}: cannot be read ({exc.strerror or exc}); pass a readable "
+                        f"UTF-8 text file") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -124,8 +130,16 @@ class BPETokenizer:
     def from_file(cls, path: str | Path) -> "BPETokenizer":
         p = Path(path)
         if not p.is_file():
-            raise DataError(f"tokenizer {p}: no such file")
-        return cls(p.read_text(encoding="utf-8"))
+            raise DataError(f"--tokenizer {p}: no such file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"--tokenizer {p}: cannot be read as UTF-8 text ({exc}); pass the "
+                            f"tokenizers JSON file") from None
+        try:
+            return cls(text)
+        except DataError as exc:
+            raise DataError(f"--tokenizer {p}: {exc}") from None
 
     @property
     def vocab_size(self) -> int:

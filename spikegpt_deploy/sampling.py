@@ -10,6 +10,7 @@ import torch
 
 from .data import Tokenizer
 from .errors import DataError
+from .inputs import check_count, check_real, check_token_ids
 from .model import SpikeGPT
 
 
@@ -22,10 +23,9 @@ class SamplingOptions:
     seed: int = 0
 
     def validate(self) -> None:
-        if not self.temperature >= 0:
-            raise DataError(f"--temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise DataError(f"--top-p must be in (0, 1], got {self.top_p}")
+        check_real(self.temperature, "--temperature", 0.0)
+        check_real(self.top_p, "--top-p", 0.0, 1.0, above=True)
+        check_count(self.seed, "--seed", 0, 2**63 - 1)
 
 
 class Sampler:
@@ -56,15 +56,22 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return tokenizer.encode(prompt, what="the prompt")
 
 
-@torch.no_grad()
 def generate_ids(model: SpikeGPT, prompt_ids: list[int], n_tokens: int,
                  options: SamplingOptions) -> Iterator[int]:
-    """Feed the prompt token by token (RNN mode), then yield ``n_tokens`` sampled ids."""
-    if n_tokens < 0:
-        raise DataError(f"--tokens must be >= 0, got {n_tokens}")
-    if not prompt_ids:
+    """Feed the prompt token by token (RNN mode), then yield ``n_tokens`` sampled ids.
+
+    The arguments are checked now, not at the first ``next()``, so a caller can report a bad
+    option before it prints anything."""
+    check_count(n_tokens, "--tokens")
+    ids = check_token_ids(prompt_ids, model.config.vocab_size)
+    if not ids:
         raise DataError("the prompt is empty; pass at least one token")
-    sampler = Sampler(options)
+    return _generate(model, ids, n_tokens, Sampler(options))
+
+
+@torch.no_grad()
+def _generate(model: SpikeGPT, prompt_ids: list[int], n_tokens: int,
+              sampler: Sampler) -> Iterator[int]:
     state = model.init_state(1)
     logits = None
     for tok in prompt_ids:

@@ -37,6 +37,7 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, DataError, SimulationError
+from .inputs import check_count, check_real, check_token_ids
 from .interpreter import Executor
 from .ir import IR
 from .passes.quantize import emulator
@@ -108,22 +109,43 @@ def _check_inputs(ir: IR, prompt_ids: list[int], n_tokens: int, precision: str,
                   sampling: SamplingOptions) -> list[int]:
     if precision not in PRECISIONS:
         raise SimulationError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or n_tokens < 0:
-        raise DataError(f"--tokens must be an integer >= 0, got {n_tokens!r}")
+    check_count(n_tokens, "--tokens")
     sampling.validate()
-    try:
-        ids = [int(t) for t in prompt_ids]
-        if any(t != r for t, r in zip(ids, prompt_ids)):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise DataError(f"prompt token ids must be integers, got {prompt_ids!r:.80}") from None
+    ids = check_token_ids(prompt_ids, int(ir.config["vocab_size"]))
     if not ids:
         raise DataError("the prompt is empty; pass at least one token")
-    vocab = int(ir.config["vocab_size"])
-    bad = [t for t in ids if not 0 <= t < vocab]
-    if bad:
-        raise DataError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
     return ids
+
+
+def buffer_bytes(plan: NetworkPlan, T: int) -> int:
+    """Bytes of the result buffers (``_buffers``) for T tokens: float64 logits, spikes and
+    traffic of every token, kept in memory until the run ends."""
+    per_token = plan.vocab_size + sum(plan.populations.values()) + max(len(plan.crossings), 1)
+    return 8 * T * (per_token + 1)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f
+                        if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def _check_memory(plan: NetworkPlan, T: int, n_prompt: int) -> None:
+    """Refuse a run whose result buffers would not fit in half of the available memory, before
+    anything is allocated (MemAvailable of /proc/meminfo; unchecked where that is unreadable)."""
+    need = buffer_bytes(plan, T)
+    avail = available_memory_bytes()
+    if avail is None:
+        return
+    if need > avail // 2:
+        most = max(avail // 2 // max(buffer_bytes(plan, 1), 1) - n_prompt + 1, 0)
+        raise DataError(f"--tokens: {T:,} tokens need {need / 2**30:.1f} GiB of result buffers "
+                        f"(logits and spikes of every token), more than half of the "
+                        f"{avail / 2**30:.1f} GiB available; ask for at most {most:,} tokens")
 
 
 def simulate(bundle_path: str | Path, prompt_ids: list[int], n_tokens: int,
@@ -150,8 +172,11 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
 
     require_lava()
     ids = _check_inputs(bundle.ir, prompt_ids, n_tokens, precision, sampling)
+    if timeout_s is not None:
+        check_real(timeout_s, "--timeout", 0.0, above=True)
     plan = plan_network(bundle.ir, precision, ids, n_tokens, sampling, fault, host_layout)
     T = len(ids) + max(n_tokens, 1) - 1
+    _check_memory(plan, T, len(ids))
     steps = T * plan.period
     bufs = _buffers(plan, T, n_tokens)
     runner = LavaRunner(lambda inputs, num_steps: build_network(plan, bufs), SELECT_TAG[precision],

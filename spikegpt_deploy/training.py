@@ -18,10 +18,11 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import _atomic_torch_save, save_model
+from .checkpoint import _atomic_torch_save, _torch_load, save_model
 from .data import CharTokenizer, encode_split, load_corpus
 from .errors import CheckpointError, DataError
 from .evaluation import evaluate_ids
+from .inputs import check_count, check_real
 from .model import SpikeGPT, SpikeGPTConfig
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,12 @@ class TrainOptions:
     def validate(self) -> None:
         for name in ("layers", "width", "ctx_len", "batch_size", "steps", "eval_every",
                      "eval_tokens", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and self.lr_final > 0):
-            raise DataError("--lr and --lr-final must be > 0")
+            check_count(getattr(self, name), f"--{name.replace('_', '-')}", 1, 2**62)
+        for name in ("lr", "lr_final", "grad_clip"):
+            check_real(getattr(self, name), f"--{name.replace('_', '-')}", 0.0, above=True)
+        check_count(self.warmup_steps, "--warmup-steps", 0, 2**62)
+        check_count(self.seed, "--seed", 0, 2**63 - 1)
+        check_count(self.threads, "--threads", 0, 4096)
 
 
 @dataclass
@@ -171,7 +174,7 @@ def _load_resume(out: Path, opts: TrainOptions, model: SpikeGPT, optim: torch.op
     path = _resume_path(out)
     if not path.is_file():
         raise CheckpointError(f"--resume: no training state at {path}; start without --resume")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _torch_load(path)
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise CheckpointError(f"{path}: not a spikegpt-deploy training state")
     saved = dict(state["options"])

@@ -111,7 +111,9 @@ def test_round_trip(converted: ConvertContext, pristine: Path) -> None:
     assert manifest["equivalence"]["float_ir_spikes_identical"] is True
     assert set(manifest["emitted"]) == set(EMITTERS)
     # Every file but the manifest is listed with its sha256, and nothing else is in the bundle.
-    assert set(manifest["files"]) == {"ir.json", "ir_params.npz", "tokenizer.json", "host.onnx"}
+    assert set(manifest["files"]) == {"ir.json", "ir_params.npz", "tokenizer.json", "host.onnx",
+                                      "target.toml"}
+    assert manifest["target"]["profile_file"] == "target.toml"
     assert set(listing(pristine)) == set(manifest["files"]) | {MANIFEST}
     for name, digest in manifest["files"].items():
         assert sha256(pristine / name) == digest, name
@@ -214,7 +216,7 @@ def test_failed_forced_write_keeps_the_old_bundle(converted: ConvertContext, fre
 # ---- tampering and malformed bundles ------------------------------------------------------
 def test_tampering_any_file_is_detected_and_named(pristine: Path, tmp_path: Path) -> None:
     names = sorted(verify_bundle(pristine)["files"])
-    assert len(names) == 4
+    assert len(names) == 5
     for i, name in enumerate(names):
         copy = tmp_path / f"t{i}"
         shutil.copytree(pristine, copy)

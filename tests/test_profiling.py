@@ -367,7 +367,7 @@ def test_cli_profile_report_targets(model_and_text, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--tokens", "0"], "--tokens must be a positive integer"),
+    (["--tokens", "0"], "--tokens must be between 1 and"),
     (["--target", "cmos45nm"], "not a chip"),
     (["--target", "nochip"], "unknown built-in hardware profile"),
     (["--tokens", "100000"], "fewer than --tokens"),

@@ -16,6 +16,7 @@ import numpy as np
 from hw_profiles import HardwareProfile, load_profile
 
 from ..errors import ConversionError, DataError, ProfileError
+from ..inputs import check_count, check_token_ids
 from .counts import OpCounts, count_ops, layer_of, record_spikes_pytorch
 from .op_costs import HOST_OP_KINDS, ann_op_counts, op_cost
 from .pricing import (PAPER_FIRING_RATE, ProfileResult, load_host, paper_formula, price_ann,
@@ -35,8 +36,7 @@ def _as_profile(p: str | Path | HardwareProfile) -> HardwareProfile:
 
 
 def _check_tokens(tokens: int) -> None:
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
-        raise DataError(f"--tokens must be a positive integer, got {tokens!r}")
+    check_count(tokens, "--tokens", 1)
 
 
 def graded_input_trace(ir: Any, token_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -87,7 +87,8 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
     if not targets:
         raise ProfileError("no chip target given; pass at least one (e.g. loihi2)")
     chips = [_as_profile(t) for t in targets]
-    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    ids = np.asarray(check_token_ids(token_ids, model.config.vocab_size, "token_ids"),
+                     dtype=np.int64)
     folded = fold_layernorm(capture_ir(model))
     log.info("recording spikes on %d tokens (RNN mode)", len(ids))
     spikes = record_spikes_pytorch(model, ids)
@@ -129,10 +130,13 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
 def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
                        targets: Sequence[str] = ("loihi2",), host_profile: str | None = None,
                        user_profiles: Sequence[str] = (), policy: str = "spikes",
-                       split: str = "valid", **options: Any) -> ProfileResult:
-    """Load a model file (default: the shipped one) and profile it on the first ``tokens``
-    tokens of the ``split`` of ``data``; ``user_profiles`` are TOML files: chip ones add
-    targets, a host one prices the host ops, ann ones add baselines."""
+                       split: str = "valid", *, tokenizer_path: str | Path | None = None,
+                       overrides: Mapping[str, Any] | None = None,
+                       **options: Any) -> ProfileResult:
+    """Load a model file (default: the shipped one; ``tokenizer_path`` for a bare .pth,
+    ``overrides`` as for ``load_model``) and profile it on the first ``tokens`` tokens of the
+    ``split`` of ``data``; ``user_profiles`` are TOML files: chip ones add targets, a host one
+    prices the host ops, ann ones add baselines."""
     from .. import api
     from ..data import encode_split, load_corpus
 
@@ -151,7 +155,7 @@ def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
                                f"too; pass only one host profile")
         else:
             host = path
-    loaded = api.open_model(model_path)
+    loaded = api.open_model(model_path, tokenizer_path, **dict(overrides or {}))
     tokenizer = api.require_tokenizer(loaded)
     corpus = load_corpus(data)
     ids = encode_split(tokenizer, corpus, split)
@@ -180,12 +184,13 @@ def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: s
     and priced on the bundle's target. Static energy uses the simulator's measured timesteps per
     token unless ``timesteps`` is given.
     """
-    from ..bundle import load_bundle
+    from ..bundle import bundle_profile, load_bundle
     from ..data import encode_split, load_corpus
     from ..simulation import simulate
 
     _check_tokens(tokens)
     bundle = load_bundle(bundle_path)
+    chip = bundle_profile(bundle.path, bundle.manifest)
     if bundle.tokenizer is None:
         raise DataError(f"{bundle_path}: the bundle has no tokenizer.json; it cannot read {data}")
     corpus = load_corpus(data)
@@ -194,9 +199,6 @@ def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: s
         raise DataError(f"the {split} split of {data} has {len(ids)} tokens, fewer than "
                         f"--tokens {tokens}")
     run = simulate(bundle_path, [int(t) for t in ids], 0, precision, timeout_s=timeout_s)
-    chip = load_profile(bundle.manifest["target"]["name"])
-    if chip.sha256 != bundle.manifest["target"]["profile_sha256"]:
-        log.warning("profile %s changed since the bundle was converted", chip.name)
     policy = bundle.ir.meta.get("partition", {}).get("policy", "spikes")
     graded = graded_input_trace(bundle.ir, ids) if policy == "graded" else None
     counts = count_ops(bundle.ir, run.spikes, graded)

@@ -12,6 +12,7 @@ import io
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..outputs import check_output, write_atomic
 from .pricing import PAPER_FIRING_RATE, ProfileResult
 from .report import (fmt_count, fmt_energy, fmt_rate, fmt_ratio, layer_rows, target_rows,
                      unsupported_rows)
@@ -166,8 +167,5 @@ def render_html(result: ProfileResult) -> str:
 
 
 def write_html(result: ProfileResult, path: str | Path) -> Path:
-    """Write ``render_html(result)`` to ``path`` (parent folders are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(result), encoding="utf-8")
-    return path
+    """Write ``render_html(result)`` to ``path`` atomically (its folder must exist)."""
+    return write_atomic(check_output(path, "--html"), render_html(result))

@@ -7,12 +7,14 @@ terminal, the CSV files and the HTML show the same numbers.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..outputs import output_folder, write_atomic
 from .pricing import PAPER_FIRING_RATE, ProfileResult
 
 LAYER_COLUMNS = ("layer", "rate_emb", "rate_lif1", "rate_lif2", "synaptic_ops", "host_ops",
@@ -159,11 +161,8 @@ def render_table(result: ProfileResult) -> str:
 
 
 def write_json(result: ProfileResult, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict(), indent=1, allow_nan=False) + "\n",
-                    encoding="utf-8")
-    return path
+    """profile.json, written atomically (its folder must exist)."""
+    return write_atomic(path, json.dumps(result.to_dict(), indent=1, allow_nan=False) + "\n")
 
 
 def load_json(path: str | Path) -> ProfileResult:
@@ -180,17 +179,16 @@ def load_json(path: str | Path) -> ProfileResult:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["empty"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["empty"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_atomic(path, buf.getvalue())
 
 
 def write_csvs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
     """layers_<target>.csv per priced target, populations.csv, host_ops.csv and targets.csv."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [_write_csv(out / f"layers_{t}.csv", layer_rows(result, t)) for t in result.counts]
     counts = result.counts[result.primary]
     pops = [{"population": n, "layer": p["layer"], "placement": p["placement"],
@@ -207,5 +205,7 @@ def write_csvs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
 
 
 def write_outputs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
-    """profile.json plus the CSV tables in ``out_dir``."""
-    return [write_json(result, Path(out_dir) / "profile.json"), *write_csvs(result, out_dir)]
+    """profile.json plus the CSV tables in ``out_dir`` (created if missing; its parent must
+    exist), each file written atomically."""
+    with output_folder(out_dir, "-o/--out") as out:
+        return [write_json(result, out / "profile.json"), *write_csvs(result, out)]

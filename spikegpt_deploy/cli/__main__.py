@@ -1,0 +1,5 @@
+"""``python -m spikegpt_deploy.cli``."""
+
+from . import main
+
+main()

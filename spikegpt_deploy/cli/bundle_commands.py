@@ -1,0 +1,175 @@
+"""Commands on deployment bundles: convert, inspect, simulate."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .common import (echo_json, handle_errors, json_option, model_options, overrides,
+                     quiet_option, show_progress)
+
+
+@click.command()
+@click.argument("model", required=False, type=click.Path())
+@click.option("--target", default="loihi2", show_default=True,
+              help="Chip profile name (see 'targets') or a profile TOML file (copied into the "
+                   "bundle).")
+@click.option("-o", "--out", "out_dir", type=click.Path(), default=None,
+              help="Bundle directory (default: <model>.<target>.bundle next to the model).")
+@click.option("--policy", type=click.Choice(["spikes", "graded"]), default="spikes",
+              show_default=True)
+@click.option("--weight-bits", default=8, show_default=True, type=int)
+@click.option("--graded-bits", default=8, show_default=True, type=int)
+@click.option("--calibration", default=None,
+              help="'kjv' or a text file for calibrating fixed-point ranges (default: seeded "
+                   "random tokens).")
+@click.option("--calibration-tokens", default=256, show_default=True, type=int)
+@click.option("--check-tokens", default=128, show_default=True, type=int,
+              help="Tokens of the equivalence check (taken from the calibration tokens).")
+@click.option("--force", is_flag=True, help="Replace an existing bundle.")
+@json_option
+@model_options
+@handle_errors
+def convert(model: str | None, target: str, out_dir: str | None, policy: str, weight_bits: int,
+            graded_bits: int, calibration: str | None, calibration_tokens: int,
+            check_tokens: int, force: bool, as_json: bool, tokenizer_path: str | None,
+            binary_embedding: bool | None, rescale_every: int | None) -> None:
+    """Convert MODEL (.pt, official .pth or exported .onnx) into a deployment bundle."""
+    from .. import api
+
+    path, manifest = api.convert(
+        model, out_dir, force=force, target=target, policy=policy, weight_bits=weight_bits,
+        graded_bits=graded_bits, calibration=calibration, calibration_tokens=calibration_tokens,
+        check_tokens=check_tokens, tokenizer=tokenizer_path,
+        overrides=overrides(binary_embedding, rescale_every))
+    if as_json:
+        echo_json(manifest)
+        return
+    eq = manifest.get("equivalence") or {}
+    click.echo(f"wrote {path}")
+    click.echo(f"  target {manifest['target']['name']}, policy {manifest['policy'].get('policy')}, "
+               f"passes: {' -> '.join(manifest['passes'])}")
+    for place, s in sorted(manifest["partition"].items()):
+        click.echo(f"  {place:<8} {s['nodes']:>5} nodes {s['parameters']:>10,} parameters")
+    totals = manifest["resources"]["totals"]
+    click.echo(f"  chip resources: {totals['cores']} cores on {totals['chips']} chip(s), "
+               f"{totals['neurons']:,} neurons, {totals['synapses']:,} synapses")
+    if eq:
+        click.echo(f"  check over {eq['tokens']} tokens: float IR vs PyTorch max |dlogit| "
+                   f"{eq['float_ir_vs_pytorch_max_abs_logit_diff']:.2e}, spikes identical: "
+                   f"{eq['float_ir_spikes_identical']}; quantized greedy-token agreement "
+                   f"{eq['quantized_greedy_token_agreement']:.3f}")
+        if eq.get("float_bits_per_token") is not None:
+            click.echo(f"  bits per token on the check tokens ({eq['check_tokens_source']}): "
+                       f"float {eq['float_bits_per_token']:.3f}, quantized "
+                       f"{eq['quantized_bits_per_token']:.3f}")
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@json_option
+@handle_errors
+def inspect(bundle: str, as_json: bool) -> None:
+    """Summarise BUNDLE: partition, chip-host crossings, resources, quantization error."""
+    from .. import api
+
+    info = api.inspect_bundle(bundle)
+    if as_json:
+        echo_json(info)
+        return
+    try:
+        lines = _inspect_lines(info)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # manifest.json is unhashed
+        from ..errors import BundleError
+        raise BundleError(f"{bundle}/manifest.json: malformed manifest ({type(exc).__name__}: "
+                          f"{exc}); re-run convert") from None
+    click.echo("\n".join(lines))
+
+
+def _inspect_lines(info: dict[str, Any]) -> list[str]:
+    cfg = info["config"]
+    prof = info["target_profile"]
+    out = [f"{info['bundle']}: {cfg['n_layer']} layers x {cfg['n_embd']}, vocab "
+           f"{cfg['vocab_size']}, target {info['target']['name']}, policy "
+           f"{info['policy'].get('policy')}",
+           f"target profile: {prof['title']} ({prof['path']}, sha256 {prof['sha256'][:12]})",
+           "partition (nodes / parameters / ops):"]
+    for place, s in sorted(info["partition"].items()):
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(s["ops"].items()))
+        out.append(f"  {place:<8} {s['nodes']:>5} / {s['parameters']:>10,}  {ops}")
+    out.append(f"spike-driven linears: {len(info['spike_driven_linears'])}")
+    out.append("chip-host crossings per token (upper bound: every element sent):")
+    for direction, d in sorted(info["crossings_per_token"].items()):
+        out.append(f"  {direction:<13} {d['values']:>4} values, <= {d['max_messages']:,} "
+                   f"messages, <= {d['max_bytes']:,.0f} bytes")
+    totals = info["resources"]["totals"]
+    out.append(f"resources: {totals['cores']} cores, {totals['chips']} chip(s), "
+               f"{totals['neurons']:,} neurons, {totals['synapses']:,} synapses, "
+               f"{totals['synaptic_memory_bytes']:,} B synaptic memory")
+    out.append("quantization (weights, per layer: max / rms error):")
+    for name, q in sorted(info["quantization"].items()):
+        if "weight_max_abs_error" in q:
+            out.append(f"  {name:<40} {q['weight_max_abs_error']:.2e} / "
+                       f"{q['weight_rms_error']:.2e}")
+        else:
+            out.append(f"  {name:<40} LIF input step 2^-{q['input_scale_bits']} "
+                       f"(peak |x| {q['input_peak']:.3g})")
+    return out
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--prompt", required=True)
+@click.option("--tokens", "n_tokens", default=64, show_default=True, type=int)
+@click.option("--precision", type=click.Choice(["float", "fixed"]), default="float",
+              show_default=True, help="Lava floating_pt models, or bit-accurate fixed_pt.")
+@click.option("--temperature", default=1.0, show_default=True, type=float,
+              help="0 = greedy decoding.")
+@click.option("--top-p", default=0.9, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--host-layout", type=click.Choice(["single", "layers"]), default="single",
+              show_default=True, help="One host process, or one per layer (emb, blocks.N, head).")
+@click.option("--timeout", "timeout_s", type=float, default=None,
+              help="Stop the simulation after this many seconds (default: scales with length).")
+@json_option
+@quiet_option
+@handle_errors
+def simulate(bundle: str, prompt: str, n_tokens: int, precision: str, temperature: float,
+             top_p: float, seed: int, host_layout: str, timeout_s: float | None,
+             as_json: bool, quiet: bool) -> None:
+    """Generate text from PROMPT with BUNDLE simulated in Lava (chip and host processes)."""
+    from .. import api
+    from ..sampling import SamplingOptions
+
+    progress = show_progress(quiet)
+    first: list[float] = []
+
+    def on_text(i: int, piece: str, seconds: float) -> None:
+        if not as_json:  # the prompt goes out with the first token: nothing before an error
+            click.echo((prompt if i == 0 else "") + piece, nl=False)
+            sys.stdout.flush()
+        first.append(seconds)
+        if progress:
+            rate = f"{i / (seconds - first[0]):.1f}" if i and seconds > first[0] else "-"
+            click.echo(f"\r[{i + 1}/{n_tokens} tokens, {rate} tok/s]", err=True, nl=False)
+
+    try:
+        run = api.simulate(bundle, prompt, n_tokens, precision,
+                           SamplingOptions(temperature, top_p, seed), timeout_s=timeout_s,
+                           host_layout=host_layout, on_text=on_text)
+    finally:
+        if first and progress:
+            click.echo("", err=True)
+    if as_json:
+        echo_json(run.to_dict(prompt))
+        return
+    result, eq = run.result, run.equivalence
+    click.echo("" if first else prompt)
+    click.echo(f"{len(result.token_ids)} tokens in Lava {precision}: "
+               f"{result.timesteps_per_token} timesteps per token, {result.tokens_per_s:.1f} "
+               f"tokens/s ({result.step_ms:.2f} ms per timestep, {sum(result.processes.values())}"
+               f" processes); vs {eq['reference']}: max |dlogit| {eq['max_abs_logit_diff']:.2e}, "
+               f"spikes identical {eq['spikes_identical']}, tokens identical "
+               f"{eq['generated_tokens_identical']}", err=True)

@@ -1,0 +1,74 @@
+"""What every command shares: error rendering, the model options, progress on a terminal."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from typing import Any, Callable
+
+import click
+
+from ..errors import DeployError
+
+log = logging.getLogger("spikegpt_deploy.cli")
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A DeployError becomes one ``error: ...`` line on stderr and exit code 1 (the rest of a
+    multi-line message, e.g. a simulator's traceback, is logged for ``-v``); Ctrl-C exits 130."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DeployError as exc:
+            first, _, rest = str(exc).partition("\n")
+            if rest:
+                log.info("%s", rest)
+            click.echo(f"error: {first}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--tokenizer, --binary-embedding/--float-embedding, --rescale-every: every command that
+    reads a model file takes them."""
+    fn = click.option("--tokenizer", "tokenizer_path", type=click.Path(),
+                      help="tokenizers JSON for a bare .pth state_dict (e.g. 20B_tokenizer.json).")(fn)
+    fn = click.option("--binary-embedding/--float-embedding", default=None,
+                      help="Override the Heaviside embedding setting.")(fn)
+    fn = click.option("--rescale-every", type=int, default=None,
+                      help="Reference RNN rescaling: halve every K layers (0 = off).")(fn)
+    return fn
+
+
+def overrides(binary_embedding: bool | None, rescale_every: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if binary_embedding is not None:
+        out["binary_embedding"] = binary_embedding
+    if rescale_every is not None:
+        out["rescale_every"] = rescale_every
+    return out
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON document on stdout (nothing else).")(fn)
+
+
+def quiet_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("-q", "--quiet", is_flag=True,
+                        help="No progress lines (they go to stderr, and only to a terminal).")(fn)
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress lines go to stderr, and only when it is a terminal: logs and pipes stay clean."""
+    return not quiet and sys.stderr.isatty()
+
+
+def echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2))

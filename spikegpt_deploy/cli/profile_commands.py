@@ -1,0 +1,92 @@
+"""Commands that count and price: profile, report, targets."""
+
+from __future__ import annotations
+
+import click
+
+from .common import echo_json, handle_errors, json_option, model_options, overrides
+
+
+@click.command(name="profile")
+@click.argument("model", required=False, type=click.Path())
+@click.option("--data", default="kjv", show_default=True, help="'kjv' or a UTF-8 text file.")
+@click.option("--tokens", "n_tokens", default=256, show_default=True, type=int,
+              help="Profile the first N tokens of the held-out (valid) split.")
+@click.option("--target", "targets", multiple=True, default=("loihi2",), show_default=True,
+              help="Chip profile name or TOML (repeatable); the IR is partitioned for each.")
+@click.option("--host-profile", default=None,
+              help="Profile (name or TOML) pricing host ops (default: each target's default_host).")
+@click.option("--profile", "user_profiles", multiple=True, type=click.Path(),
+              help="Your own profile TOML (repeatable): chip adds a target, host prices host "
+                   "ops, ann adds a baseline.")
+@click.option("--policy", default="spikes", show_default=True,
+              type=click.Choice(["spikes", "graded"]))
+@click.option("--timesteps", type=float, default=None,
+              help="Chip timesteps per token (default: the IR's pipeline depth).")
+@click.option("--hops", type=float, default=None,
+              help="Mesh hops per spike message (default: mean distance on the mapped mesh).")
+@click.option("--sensitivity-factor", default=2.0, show_default=True, type=float)
+@click.option("--precision", type=click.Choice(["float", "fixed"]), default="fixed",
+              show_default=True, help="For a bundle: the Lava precision of the recording run.")
+@click.option("-o", "--out", "out_dir", default="profile", show_default=True,
+              type=click.Path(), help="Folder for profile.json and the CSV files.")
+@json_option
+@model_options
+@handle_errors
+def profile(model: str | None, data: str, n_tokens: int, targets: tuple[str, ...],
+            host_profile: str | None, user_profiles: tuple[str, ...], policy: str,
+            timesteps: float | None, hops: float | None, sensitivity_factor: float,
+            precision: str, out_dir: str, as_json: bool, tokenizer_path: str | None,
+            binary_embedding: bool | None, rescale_every: int | None) -> None:
+    """Count spikes, synaptic/host ops and chip-host traffic; price them per target.
+
+    MODEL is a model file (spikes recorded in PyTorch, fast) or a bundle directory (spikes
+    recorded in the Lava simulation of the bundle, priced on the target it carries)."""
+    from .. import api
+    from ..profiling.report import render_table
+
+    result, paths = api.profile(
+        model, data, n_tokens, targets=targets, host_profile=host_profile,
+        user_profiles=user_profiles, policy=policy, precision=precision, timesteps=timesteps,
+        hops=hops, sensitivity_factor=sensitivity_factor, tokenizer_path=tokenizer_path,
+        overrides=overrides(binary_embedding, rescale_every), out_dir=out_dir)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    click.echo(render_table(result))
+    click.echo(f"\nwrote {', '.join(str(p) for p in paths)}")
+
+
+@click.command(name="report")
+@click.argument("profile_json", type=click.Path())
+@click.option("--html", "html_path", type=click.Path(), default=None,
+              help="Write a self-contained HTML report with plots here.")
+@handle_errors
+def report(profile_json: str, html_path: str | None) -> None:
+    """Print the tables of a profile.json (and write an HTML report with --html)."""
+    from .. import api
+    from ..profiling.report import render_table
+
+    result, html = api.report(profile_json, html_path)
+    click.echo(render_table(result))
+    if html is not None:
+        click.echo(f"\nwrote {html}")
+
+
+@click.command(name="targets")
+@json_option
+@handle_errors
+def targets(as_json: bool) -> None:
+    """List the built-in hardware profiles: role, title and the sources of their figures."""
+    from .. import api
+
+    profiles = api.targets()
+    if as_json:
+        echo_json(profiles)
+        return
+    for p in profiles:
+        host = f", host ops on {p['default_host']}" if p["default_host"] else ""
+        click.echo(f"{p['name']:<12} {p['role']:<5} {p['title']}{host}")
+        click.echo("             figures: " + ", ".join(f"{n} {k}" for k, n in p["kinds"].items()))
+        for source, n in p["sources"].items():
+            click.echo(f"             [{n:>2}] {source}")
