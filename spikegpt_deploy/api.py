@@ -93,7 +93,7 @@ def evaluate(loaded: LoadedModel, data: str, split: str = "valid",
                         f"pass --max-tokens {window} or more")
     if len(ids) < window + 1:
         raise DataError(f"{data} {split} split has {len(ids)} tokens, fewer than one window of "
-                        f"{window + 1}; use a longer text or a smaller --window")
+                        f"{window + 1}; use a longer text")
     return evaluate_ids(loaded.model, ids, window, max_tokens=max_tokens)
 
 

@@ -68,3 +68,21 @@ def test_generate_and_convert_with_bpe_tokenizer(bpe_files, tmp_path: Path) -> N
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "b" / "tokenizer.json").is_file()
+
+
+def test_profile_takes_the_tokenizer(bpe_files, tmp_path: Path) -> None:
+    """profile reads a bare .pth like every other model command: with --tokenizer."""
+    from click.testing import CliRunner
+
+    from spikegpt_deploy.cli import main
+
+    pth, tok_path = bpe_files
+    text = tmp_path / "text.txt"
+    text.write_text(random_text(30000, seed=6), encoding="utf-8")
+    result = CliRunner().invoke(main, ["profile", str(pth), "--tokenizer", str(tok_path),
+                                       "--data", str(text), "--tokens", "24", "--json",
+                                       "-o", str(tmp_path / "prof")])
+    assert result.exit_code == 0, result.output
+    import json
+    doc = json.loads(result.stdout)
+    assert doc["meta"]["tokens"] == 24 and (tmp_path / "prof" / "profile.json").is_file()
