@@ -282,6 +282,46 @@ def test_invalid_json_manifest(fresh: Path) -> None:
         load_bundle(fresh)
 
 
+def _record_opens(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    opened: list[Path] = []
+    real = bundle_mod._sha256
+
+    def recording(path: Path) -> str:
+        opened.append(path)
+        return real(path)
+
+    monkeypatch.setattr(bundle_mod, "_sha256", recording)
+    return opened
+
+
+@pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/passwd", "sub/../../x",
+                                  "ir.json/../../outside", "a\\..\\..\\x", ""])
+def test_names_leaving_the_bundle_are_refused_before_anything_is_opened(
+        fresh: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    files = json.loads((fresh / MANIFEST).read_text(encoding="utf-8"))["files"]
+    _edit_manifest(fresh, files={**files, name: "0" * 64})  # listed after the good files
+    opened = _record_opens(monkeypatch)
+    with pytest.raises(BundleError, match="outside the bundle|not a plain relative name"):
+        load_bundle(fresh)
+    assert opened == []
+
+
+def test_a_symlink_out_of_the_bundle_is_refused_even_with_the_right_hash(
+        fresh: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    outside = tmp_path / "elsewhere" / "ir_params.npz"
+    outside.parent.mkdir()
+    shutil.move(fresh / "ir_params.npz", outside)  # same bytes: the sha256 would match
+    (fresh / "ir_params.npz").symlink_to(outside)
+    opened = _record_opens(monkeypatch)
+    with pytest.raises(BundleError, match=r"ir_params\.npz: resolves to .*outside the bundle"):
+        load_bundle(fresh)
+    assert opened == []
+    (fresh / MANIFEST).rename(tmp_path / "m.json")
+    (fresh / MANIFEST).symlink_to(tmp_path / "m.json")  # the manifest itself
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(fresh)
+
+
 # ---- hypothesis: corruption raises only BundleError ---------------------------------------
 def _corrupt(path: Path, flips: list[tuple[float, int]]) -> bool:
     data = bytearray(path.read_bytes())
