@@ -495,8 +495,13 @@ def test_two_converts_to_the_same_output(world: dict[str, Path], tmp_path: Path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same.bundle"]
 
 
-def test_case_count() -> None:
-    """The README's reliability figures come from here: every case ran clean."""
-    n = len(CASES) + len(API_CASES) + 1
-    print(f"\nbad-input cases: {n} ({len(CASES)} CLI, {len(API_CASES)} API, 1 concurrent)")
-    assert n >= 300
+def test_readme_states_the_case_count() -> None:
+    """The README's reliability figures are this table's: every case above must pass (clean
+    error, no traceback, no leftover), and the count there is the count here."""
+    n = len(CASES) + len(API_CASES) + 2  # + the memory refusal and the concurrent converts
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Reliability", 1)[-1]
+    stated = re.search(r"\*\*([\d,]+) bad inputs tried\*\*", section)
+    assert stated is not None, "README: no '**N bad inputs tried**' in the Reliability section"
+    assert int(stated.group(1).replace(",", "")) == n, (stated.group(1), n, len(CASES),
+                                                        len(API_CASES))
+    assert f"**{n:,} clean errors**" in section
