@@ -27,9 +27,13 @@ def check_output(path: str | Path, option: str, *, folder: bool = False) -> Path
                         f"choose another path")
     if not parent.is_dir():
         raise DataError(f"{option} {out}: {parent} is not a folder; choose another path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataError(f"{option} {out}: the folder {parent} is not writable; choose another "
-                        f"path")
+    try:  # a real write, not os.access: permission bits do not stop root, /proc does
+        fd, probe = tempfile.mkstemp(prefix=".spikegpt-deploy-probe.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"{option} {out}: the folder {parent} is not writable "
+                        f"({exc.strerror or exc}); choose another path") from None
     if folder and out.exists() and not out.is_dir():
         raise DataError(f"{option} {out}: exists and is not a folder; choose another path")
     if not folder and out.is_dir():
