@@ -23,12 +23,23 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def _show(value: int) -> str:
+    """``value`` with thousands separators; an integer too long to print is described."""
+    try:
+        return f"{value:,}"
+    except ValueError:  # Python refuses to print integers of more than 4300 digits
+        return f"an integer of {value.bit_length():,} bits"
+
+
 def check_count(value: Any, option: str, minimum: int = 0, maximum: int = MAX_TOKENS) -> int:
     """``value`` as an int in [minimum, maximum]; a DataError naming ``option`` otherwise."""
     if not _is_int(value):
         raise DataError(f"{option} must be an integer, got {value!r}")
     if not minimum <= value <= maximum:
-        raise DataError(f"{option} must be between {minimum:,} and {maximum:,}, got {value:,}")
+        if maximum >= 2**62:  # no practical upper bound: do not print one
+            raise DataError(f"{option} must be >= {minimum:,}, got {_show(value)}")
+        raise DataError(f"{option} must be between {minimum:,} and {maximum:,}, got "
+                        f"{_show(value)}")
     return int(value)
 
 
@@ -64,5 +75,6 @@ def check_token_ids(ids: Any, vocab_size: int, what: str = "prompt token ids") -
         values = [int(v) for v in values]
     out = [v for v in values if not 0 <= v < vocab_size]
     if out:
-        raise DataError(f"{what} {out[:5]} are outside the vocabulary [0, {vocab_size})")
+        shown = ", ".join(_show(v) for v in out[:5])
+        raise DataError(f"{what} [{shown}] are outside the vocabulary [0, {vocab_size})")
     return values

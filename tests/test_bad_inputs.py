@@ -14,7 +14,6 @@ refuses new entries even to root), and the unreadable input is /proc/self/mem (E
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle

@@ -269,6 +269,7 @@ def test_plan_phases_and_processes(bundle):
 @example(ids=[len(set(TEXT))], n=1)  # the vocabulary size: one past the last id
 @example(ids=[2**64], n=1)
 @example(ids=[10**400], n=1)
+@example(ids=[10**5000], n=1)  # too long for int -> str
 @example(ids=[np.int64(2**62)], n=1)
 @example(ids=[True], n=1)
 @example(ids=[1], n=float("inf"))
@@ -277,6 +278,7 @@ def test_plan_phases_and_processes(bundle):
 @example(ids=[1], n=-1)
 @example(ids=[1], n=99_999_999_999)
 @example(ids=[1], n=10**400)
+@example(ids=[1], n=10**5000)
 def test_bad_inputs_raise_only_data_errors(tiny_ir, ids, n):
     try:
         out = simulation._check_inputs(tiny_ir, ids, n, "float", GREEDY)
