@@ -1,16 +1,19 @@
 """Text corpora and tokenizers.
 
-``kjv`` is the King James Bible from Debian's ``bible-kjv`` package (../shared/reference/data.md):
+``kjv`` is the King James Bible, shipped with the package (``corpora/kjv.txt.gz``: the text of
+Debian's ``bible-kjv`` as ``bible -l0`` prints it; ``scripts/make-kjv-corpus`` regenerates it):
 Genesis-Malachi (Old Testament) for training, Matthew-Acts for validation and Romans-Revelation
-for test. Any other value is a path to a UTF-8 text file, split 90 / 5 / 5 by characters.
+for test (docs/data.md). Any other value is a path to a UTF-8 text file, split 90 / 5 / 5 by
+characters.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import hashlib
-import shutil
-import subprocess
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,9 +21,12 @@ import numpy as np
 
 from .errors import DataError
 
-# `bible -l0` prints one verse per line, so the bytes do not depend on the terminal width.
+# The ranges of the splits, as `bible -l0` passages (the text is that program's output).
 KJV_RANGES = {"train": "Gen1:1-Mal4:6", "valid": "Mat1:1-Act28:31", "test": "Rom1:1-Rev22:21"}
-KJV_INSTALL_HINT = "install it with: apt-get update && apt-get install -y bible-kjv"
+# Each split starts at its first chapter heading; the text has each heading once.
+KJV_SPLIT_HEADINGS = {"valid": "\nMatthew 1\n\n", "test": "\nRomans 1\n\n"}
+KJV_SHA256 = "6f74f5589333c56c263963e6347dba662bae2d96861302e690aaae0b4a855eda"  # docs/data.md
+KJV_RESOURCE = ("corpora", "kjv.txt.gz")
 
 
 @dataclass(frozen=True)
@@ -39,23 +45,36 @@ class Corpus:
         return getattr(self, which)
 
 
-def _bible(passage: str) -> str:
-    exe = shutil.which("bible")
-    if exe is None:
-        raise DataError(f"the 'kjv' corpus needs the Debian package bible-kjv; {KJV_INSTALL_HINT}")
-    proc = subprocess.run([exe, "-l0", passage], capture_output=True, text=True, check=False)
-    if proc.returncode != 0 or not proc.stdout:
-        raise DataError(f"'bible -l0 {passage}' failed ({proc.stderr.strip() or 'no output'}); "
-                        f"{KJV_INSTALL_HINT}")
-    return proc.stdout
+def split_kjv(text: str) -> dict[str, str]:
+    """The whole KJV text -> {'train', 'valid', 'test'}: cut at the splits' first headings."""
+    a, b = (text.find(KJV_SPLIT_HEADINGS[k]) for k in ("valid", "test"))
+    if not 0 < a < b:
+        raise DataError("the packaged KJV text lacks the Matthew / Romans headings; reinstall "
+                        "spikegpt-deploy or regenerate it with scripts/make-kjv-corpus")
+    return {"train": text[:a], "valid": text[a:b], "test": text[b:]}
+
+
+@functools.lru_cache(maxsize=1)
+def _kjv_text() -> str:
+    res = resources.files("spikegpt_deploy").joinpath(KJV_RESOURCE[0]).joinpath(KJV_RESOURCE[1])
+    try:
+        raw = gzip.decompress(res.read_bytes())
+    except (OSError, EOFError) as exc:
+        raise DataError(f"the packaged KJV text spikegpt_deploy/{'/'.join(KJV_RESOURCE)} cannot "
+                        f"be read ({exc}); reinstall spikegpt-deploy or regenerate it with "
+                        "scripts/make-kjv-corpus") from None
+    if hashlib.sha256(raw).hexdigest() != KJV_SHA256:
+        raise DataError(f"spikegpt_deploy/{'/'.join(KJV_RESOURCE)} is not the expected text "
+                        f"(sha256 differs from {KJV_SHA256}); regenerate it with "
+                        "scripts/make-kjv-corpus")
+    return raw.decode("ascii")
 
 
 def load_corpus(spec: str) -> Corpus:
     """``'kjv'`` or a path to a UTF-8 text file -> Corpus."""
     if spec == "kjv":
-        parts = {name: _bible(passage) for name, passage in KJV_RANGES.items()}
-        digest = hashlib.sha256("".join(parts.values()).encode()).hexdigest()
-        return Corpus("kjv", parts["train"], parts["valid"], parts["test"], digest)
+        parts = split_kjv(_kjv_text())
+        return Corpus("kjv", parts["train"], parts["valid"], parts["test"], KJV_SHA256)
     path = Path(spec)
     if path.is_dir():
         raise DataError(f"data {spec!r}: is a folder; pass 'kjv' or the path of a UTF-8 text file")

@@ -1,5 +1,5 @@
 """Fixed-point numerics (numpy only): LIF mapping, bit-accurate LIF/Dense emulation, quantization,
-and the NIR paper's Lava LIF reference traces (../shared/external/nir-paper-01-lif/)."""
+and the NIR paper's Lava LIF reference traces (tests/data/nir-paper-01-lif/)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 from spikegpt_deploy import fixed_point as fp  # noqa: E402
 from spikegpt_deploy.errors import ConversionError  # noqa: E402
 
-NIR_DIR = ROOT.parent / "shared" / "external" / "nir-paper-01-lif"
+NIR_DIR = ROOT / "tests" / "data" / "nir-paper-01-lif"
 
 
 # ------------------------------------------------------------------------------- mapping

@@ -26,7 +26,7 @@ from spikegpt_deploy.backends.base import SimulationBackend  # noqa: E402
 from spikegpt_deploy.backends.lava_runner import LavaNetwork, LavaRunner  # noqa: E402
 from spikegpt_deploy.errors import ConversionError, SimulationError  # noqa: E402
 
-NIR_DIR = ROOT.parent / "shared" / "external" / "nir-paper-01-lif"
+NIR_DIR = ROOT / "tests" / "data" / "nir-paper-01-lif"
 
 
 # ------------------------------------------------------------------ network builders (child)

@@ -35,7 +35,7 @@ from spikegpt_deploy.passes.fold import fold_layernorm  # noqa: E402
 from spikegpt_deploy.passes.quantize import emulator, quantize  # noqa: E402
 
 import nir  # noqa: E402
-NIR_PAPER = ROOT.parent / "shared" / "external" / "nir-paper-01-lif"
+NIR_PAPER = ROOT / "tests" / "data" / "nir-paper-01-lif"
 NIR_TYPE = {"LIF": "LIF", "SpikeLinear": "Linear", "Linear": "Linear", "SpikeSum": "Scale"}
 VOCAB = 30
 
@@ -181,10 +181,7 @@ def test_nir_lif_reproduces_ir_lif(irs, tmp_path):
 
 def test_nir_discretisation_matches_norse_reference():
     """Outside check: the NIR paper's Norse LIF trace is this same-step forward Euler."""
-    path = NIR_PAPER / "lif_norse.nir"
-    if not path.is_file():
-        pytest.skip("NIR paper reference traces not present")
-    g = nir.read(str(path))
+    g = nir.read(str(NIR_PAPER / "lif_norse.nir"))
     trace = np.loadtxt(NIR_PAPER / "lif_norse.csv", delimiter=",")  # input, v, output spike
     x = (trace[:, :1] * g.nodes["0"].weight[0, 0]).astype(np.float32)
     spikes, v = simulate_lif(g.nodes["1"], x, 1e-4)

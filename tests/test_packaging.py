@@ -1,4 +1,5 @@
-"""The three packages work from an installed wheel, not only from the checkout."""
+"""The three packages (and the packaged KJV text) work from an installed wheel, not only from the
+checkout."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ def test_wheel_contains_packages_and_profiles(tmp_path: Path) -> None:
     probe = (
         "import json, spikegpt_deploy, hw_profiles, converters.torch_capture, "
         "spikegpt_deploy.passes.fold, spikegpt_deploy.profiling, spikegpt_deploy.backends.lava_procs\n"
+        "from spikegpt_deploy.data import load_corpus\n"
+        "kjv = load_corpus('kjv')\n"
         "print(json.dumps({'pkg': spikegpt_deploy.__file__, 'hw': hw_profiles.__file__,"
         " 'profiles': hw_profiles.list_profiles(),"
-        " 'loihi2': hw_profiles.load_profile('loihi2').energy_pj('synaptic_op')}))\n")
+        " 'loihi2': hw_profiles.load_profile('loihi2').energy_pj('synaptic_op'),"
+        " 'kjv': [kjv.sha256, len(kjv.train), len(kjv.valid), len(kjv.test)]}))\n")
     # Run outside the checkout so that only the wheel's copies can be imported.
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True,
                          capture_output=True, text=True,
@@ -32,3 +36,6 @@ def test_wheel_contains_packages_and_profiles(tmp_path: Path) -> None:
     assert {"loihi2", "loihi", "spinnaker2", "truenorth", "cmos45nm", "cpu", "gpu"} <= \
         set(info["profiles"])
     assert info["loihi2"] > 0
+    # The KJV corpus reads from the wheel's package data, whole and split as in the checkout.
+    assert info["kjv"] == ["6f74f5589333c56c263963e6347dba662bae2d96861302e690aaae0b4a855eda",
+                           3_308_017, 590_170, 400_052]
