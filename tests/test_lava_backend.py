@@ -5,9 +5,7 @@ Each Lava run is a few processes for tens of steps (about 1 s with compile) on 2
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -19,7 +17,7 @@ if str(ROOT) not in sys.path:  # lava's wheels install a top-level `tests` packa
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from proc_watch import alive, descendants, segments_of  # noqa: E402
+from proc_watch import Spawned  # noqa: E402
 
 from spikegpt_deploy import fixed_point as fp  # noqa: E402
 from spikegpt_deploy.backends.base import SimulationBackend  # noqa: E402
@@ -254,8 +252,8 @@ def test_runner_build_errors():
         LavaRunner(bad_build, "float")
 
 
-# ------------------------------------------------------------------------------- SIGINT
-SIGINT_SCRIPT = textwrap.dedent("""
+# ------------------------------------------------------------------- signals to the caller
+RUN_FOREVER_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     import numpy as np
@@ -279,30 +277,33 @@ SIGINT_SCRIPT = textwrap.dedent("""
         sys.exit(130)
 """)
 
+# How each signal ends a caller that installed no handler of its own: Ctrl-C as the script's
+# KeyboardInterrupt (exit 130); SIGTERM and SIGHUP by the signal itself, after the runner's
+# cleanup (signals.termination_raises); SIGKILL at once, the run's child cleans up after it.
+ENDINGS = {signal.SIGINT: 130, signal.SIGTERM: -signal.SIGTERM, signal.SIGHUP: -signal.SIGHUP,
+           signal.SIGKILL: -signal.SIGKILL}
 
-def test_runner_sigint_leaves_nothing_behind():
-    script = SIGINT_SCRIPT.format(root=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=str(ROOT),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        seen, segs, deadline = {}, set(), time.monotonic() + 40
-        while time.monotonic() < deadline:  # wait until the simulation is running
-            seen.update(descendants(proc.pid))
-            segs |= segments_of(seen)
-            if len(seen) >= 6 and segs and proc.poll() is None:
-                break
-            time.sleep(0.2)
-        time.sleep(1.0)
-        seen.update(descendants(proc.pid))
-        segs |= segments_of(seen)
-        assert proc.poll() is None and segs, "the simulation did not start"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130 and "INTERRUPTED" in out, err[-2000:]
-    survivors = [pid for pid, start in seen.items() if alive(pid, start)]
-    assert survivors == []
-    assert [s for s in segs if os.path.exists(f"/dev/shm/{s}")] == []
+
+@pytest.mark.parametrize("signum", list(ENDINGS), ids=lambda s: signal.Signals(s).name)
+def test_runner_signal_leaves_nothing_behind(signum):
+    """Whatever signal ends the caller mid-run, no process and no /dev/shm segment of the run is
+    left: right away for SIGINT / SIGTERM / SIGHUP, within seconds after a SIGKILL (the child's
+    watchdog polls its parent every 0.1 s)."""
+    with Spawned([sys.executable, "-c", RUN_FOREVER_SCRIPT.format(root=str(ROOT))],
+                 cwd=ROOT) as run:
+        started = run.wait_until(lambda: len(run.seen) >= 6 and run.segments, 60)
+        time.sleep(1.0)  # well into the run
+        run.watch()
+        assert started and run.proc.poll() is None, f"the run did not start: {run.output()}"
+        run.proc.send_signal(signum)
+        rc = run.wait_exit(60)
+        out, err = run.output()
+        assert rc == ENDINGS[signum], (rc, err[-2000:])
+        if signum == signal.SIGINT:
+            assert "INTERRUPTED" in out
+        if signum != signal.SIGKILL:
+            assert "Traceback" not in err, err[-2000:]
+            assert run.survivors() == [] and run.leftover_segments() == []
+        else:
+            assert run.wait_until(lambda: not run.survivors() and not run.leftover_segments(),
+                                  30), (run.survivors(), run.leftover_segments())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -29,7 +28,7 @@ pytest.importorskip("lava")
 torch = pytest.importorskip("torch")
 
 from conftest import make_tiny_model, random_text  # noqa: E402
-from proc_watch import alive, descendants, segments_of  # noqa: E402
+from proc_watch import Spawned, descendants  # noqa: E402
 from spikegpt_deploy import api, simulation  # noqa: E402
 from spikegpt_deploy.backends import lava_runner  # noqa: E402
 from spikegpt_deploy.bundle import load_bundle  # noqa: E402
@@ -362,30 +361,43 @@ def test_cli_json(bundle):
     assert "tok/s" not in p.stderr  # progress lines go to a terminal only, not into a pipe
 
 
-def test_cli_sigint_leaves_nothing_behind(bundle):
-    proc = subprocess.Popen([*CLI, "simulate", str(bundle), "--prompt", TEXT[:10],
-                             "--tokens", "100000"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        seen, segs, deadline = {}, set(), time.monotonic() + 120
-        while time.monotonic() < deadline:  # until tokens stream out of a running network
-            seen.update(descendants(proc.pid))
-            segs |= segments_of(seen)
-            streaming = select.select([proc.stdout], [], [], 0.2)[0]
-            if len(seen) >= 10 and segs and proc.poll() is None and streaming:
-                break
-        seen.update(descendants(proc.pid))
-        segs |= segments_of(seen)
-        assert proc.poll() is None and segs, "the simulation did not start"
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
-    assert [pid for pid, start in seen.items() if alive(pid, start)] == []
-    assert [s for s in segs if os.path.exists(f"/dev/shm/{s}")] == []
+# How each ending ends the command: its exit code and the last line on stderr.
+CLI_ENDINGS = {
+    "return": (0, "tokens in Lava float"),
+    "error": (1, "error: Lava run (floating_pt"),          # --timeout hit mid-run
+    "SIGINT": (128 + signal.SIGINT, "interrupted (SIGINT)"),
+    "SIGTERM": (128 + signal.SIGTERM, "interrupted (SIGTERM)"),
+    "SIGHUP": (128 + signal.SIGHUP, "interrupted (SIGHUP)"),
+    "SIGKILL": (-signal.SIGKILL, None),                    # no handler runs: the run's child cleans
+}
+
+
+@pytest.mark.parametrize("ending", list(CLI_ENDINGS))
+def test_cli_simulate_leaves_nothing_behind(bundle, ending):
+    """Every way a ``simulate`` can end leaves no process and no /dev/shm segment of the run:
+    right away when the command's own code runs to the end, within seconds after a SIGKILL of
+    the command (the run's child watches its parent)."""
+    tokens = {"return": "120", "error": "100000"}.get(ending, "100000")
+    timeout = ["--timeout", "40"] if ending == "error" else []
+    with Spawned([*CLI, "simulate", str(bundle), "--prompt", TEXT[:10], "--tokens", tokens,
+                  "--temperature", "0", *timeout], cwd=ROOT) as run:
+        # until the Lava network runs and tokens stream out of it
+        started = run.wait_until(lambda: len(run.seen) >= 10 and run.segments
+                                 and (run.output()[0] or run.proc.poll() is not None), 180)
+        assert started and run.segments, f"the simulation did not start: {run.output()}"
+        if ending.startswith("SIG"):
+            assert run.proc.poll() is None, run.output()
+            run.proc.send_signal(getattr(signal, ending))
+        rc = run.wait_exit(180)
+        out, err = run.output()
+        want_rc, want_line = CLI_ENDINGS[ending]
+        assert rc == want_rc, (rc, err[-2000:])
+        if ending == "SIGKILL":
+            assert run.wait_until(lambda: not run.survivors() and not run.leftover_segments(),
+                                  30), (run.survivors(), run.leftover_segments())
+        else:
+            assert "Traceback" not in err and want_line in err.strip().splitlines()[-1], err[-2000:]
+            assert run.survivors() == [] and run.leftover_segments() == []
 
 
 # ---------------------------------------------------------------------------- shipped model

@@ -11,9 +11,15 @@ it forks into its own session and process group:
   ``lava_procs.sinks`` buffers, not Var.get), stops Lava cleanly and sends the results back;
 - on an error inside a process model the child sends the model's real traceback (from Lava's
   runtime log at INFO, or its actors) and exits without the hanging ``stop()``;
-- the parent waits with a timeout; on error, timeout, or Ctrl-C (KeyboardInterrupt) it kills the
-  whole process group, waits until it is gone, and unlinks every ``psm_*`` segment that the run's
-  processes mapped (only those: other runs on the machine keep theirs).
+- the parent waits with a timeout; on error, timeout, Ctrl-C (KeyboardInterrupt), SIGTERM or
+  SIGHUP (``signals.Terminated``) it kills the whole process group, waits until it is gone, and
+  unlinks every ``psm_*`` segment that the run's processes mapped (only those: other runs on the
+  machine keep theirs); without a handler of the caller's, the signal then ends the process as
+  it would have (``signals.termination_raises``);
+- a watchdog thread in the child polls its parent: if the parent dies (even by SIGKILL, which
+  no handler sees), the child kills its own group, unlinks its segments and exits. After a model
+  error the child ends its group itself before reporting, so nothing depends on the parent
+  living through its cleanup.
 
 Lava is imported only in the child (and checked for before forking): the calling process keeps
 its multiprocessing start method, and a torch thread pool in it is never used by the child as
@@ -33,18 +39,20 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NoReturn
 
 import numpy as np
 
 from spikegpt_deploy.backends.base import RunResult
+from spikegpt_deploy.backends.proc_group import (SHM_DIR, end_own_group, group_members,
+                                                 mapped_segments, unlink_segments)
 from spikegpt_deploy.errors import DeployError, SimulationError
+from spikegpt_deploy.signals import deferred_signals, termination_raises
 
 log = logging.getLogger(__name__)
 
 SELECT_TAGS = ("floating_pt", "fixed_pt")
-SHM_DIR = "/dev/shm"
-SHM_PREFIX = "psm_"  # names of multiprocessing.shared_memory segments
+PARENT_POLL_S = 0.1  # how often the run's child checks that its parent still lives
 _RUNTIME_LOGGER = "lava.magma.runtime.runtime"  # logs model tracebacks at INFO on errors
 
 
@@ -71,63 +79,6 @@ def require_lava() -> None:
     if importlib.util.find_spec("lava") is None:
         raise SimulationError("Lava is not installed in this Python environment; install "
                               "'lava-nc==0.10.0' (pip install lava-nc==0.10.0) to simulate.")
-
-
-# ----------------------------------------------------------------------------- /proc helpers
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``, from /proc."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            pids.append(int(entry))
-    return pids
-
-
-def _mapped_segments(pids: list[int]) -> set[str]:
-    """Names of /dev/shm/psm_* segments mapped by ``pids`` (still linked)."""
-    names: set[str] = set()
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    parts = line.split(maxsplit=5)
-                    path = parts[5].strip() if len(parts) == 6 else ""
-                    if path.startswith(f"{SHM_DIR}/{SHM_PREFIX}") and "(deleted)" not in path:
-                        names.add(os.path.basename(path))
-        except OSError:
-            continue
-    return names
-
-
-def _unlink_segments(names: set[str]) -> None:
-    """Unlink our leftover segments, and drop them from this process's resource tracker if the
-    run registered them there (so it does not warn about them at exit)."""
-    try:
-        from multiprocessing import resource_tracker
-        tracker_shared = getattr(resource_tracker._resource_tracker, "_fd", None) is not None
-    except (ImportError, AttributeError):
-        tracker_shared = False
-    for name in names:
-        if not name.startswith(SHM_PREFIX) or "/" in name:
-            continue
-        try:
-            os.unlink(os.path.join(SHM_DIR, name))
-        except FileNotFoundError:
-            continue
-        log.info("removed leaked shared-memory segment %s", name)
-        if tracker_shared:
-            try:
-                resource_tracker.unregister("/" + name, "shared_memory")
-            except Exception:  # noqa: BLE001 - best effort, the segment is gone already
-                log.debug("could not unregister %s from the resource tracker", name)
 
 
 # ----------------------------------------------------------------------------- child side
@@ -188,10 +139,37 @@ def _prepare_child() -> None:
         multiprocessing.context._default_context._actual_context = None  # type: ignore
 
 
+class _Exit:
+    """The child's one way out: ``leave(code)``. A failed run, or one whose parent has died,
+    first ends the child's own process group and unlinks its segments. A lock makes the
+    watchdog and the main thread take that way once."""
+
+    def __init__(self, parent: int) -> None:
+        self.parent = parent
+        self.lock = threading.Lock()
+
+    def orphaned(self) -> bool:
+        return os.getppid() != self.parent
+
+    def leave(self, code: int) -> NoReturn:
+        with self.lock:
+            if code != 0 or self.orphaned():
+                end_own_group()
+            os._exit(code)
+
+    def watch_parent(self) -> None:
+        """Watchdog thread: the parent's death (SIGKILL included) ends the run."""
+        while not self.orphaned():
+            time.sleep(PARENT_POLL_S)
+        self.leave(1)
+
+
 def _child_main(conn: Any, build: BuildFn, inputs: Mapping[str, np.ndarray], num_steps: int,
-                select_tag: str) -> None:
+                select_tag: str, parent: int) -> None:
     """Supervisor: build, compile, run, read, stop; report to the parent; never return."""
     os.setsid()  # own session and process group: the parent can end all of it at once
+    out = _Exit(parent)
+    threading.Thread(target=out.watch_parent, name="parent-watchdog", daemon=True).start()
     stage, code = "import", 1
     try:
         _prepare_child()
@@ -209,7 +187,7 @@ def _child_main(conn: Any, build: BuildFn, inputs: Mapping[str, np.ndarray], num
         cfg = Loihi2SimCfg(select_tag=select_tag,
                            exception_proc_model_map=dict(net.exception_proc_model_map or {}))
         net.run_process.create_runtime(run_cfg=cfg)
-        conn.send(("segments", _mapped_segments([os.getpid()])))
+        conn.send(("segments", mapped_segments([os.getpid()])))
         capture = _TracebackCapture()
         runtime_log = logging.getLogger(_RUNTIME_LOGGER)
         runtime_log.setLevel(logging.INFO)  # Runtime logs model tracebacks at INFO
@@ -233,9 +211,10 @@ def _child_main(conn: Any, build: BuildFn, inputs: Mapping[str, np.ndarray], num
         if failed or raised:
             summary = f"{type(raised[0]).__name__}: {raised[0]}" if raised else "a process died"
             details = failed or capture.messages or _failed_actors(net.run_process)
+            end_own_group()  # Lava's stop() hangs after a model error: end the group here
             conn.send(("error", stage, summary, details, None))
             conn.close()
-            os._exit(1)  # Lava's stop() hangs after a model error; the parent ends the group
+            out.leave(1)
         t3 = time.perf_counter()
         stage = "readout"
         outputs = {name: _read_output(name, obj) for name, obj in net.outputs.items()}
@@ -248,6 +227,7 @@ def _child_main(conn: Any, build: BuildFn, inputs: Mapping[str, np.ndarray], num
         code = 0
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
         keep = exc if isinstance(exc, DeployError) else None
+        end_own_group()  # what the failed stage started, before the parent hears of it
         try:
             conn.send(("error", stage, f"{type(exc).__name__}: {exc}",
                        [traceback.format_exc()], keep))
@@ -256,7 +236,7 @@ def _child_main(conn: Any, build: BuildFn, inputs: Mapping[str, np.ndarray], num
     try:
         conn.close()
     finally:
-        os._exit(code)
+        out.leave(code)
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -294,15 +274,15 @@ class LavaRunner:
     def close(self) -> None:
         """End anything the last run left (normally nothing); idempotent."""
         if self.last_pgid is not None:
-            pids = _group_members(self.last_pgid)
+            pids = group_members(self.last_pgid)
             if pids:
-                self.last_segments |= _mapped_segments(pids)
+                self.last_segments |= mapped_segments(pids)
                 self._kill_group(self.last_pgid, None)
-            _unlink_segments(self.last_segments)
+            unlink_segments(self.last_segments)
 
     def leftovers(self) -> tuple[list[int], list[str]]:
         """Live processes and still-linked segments of the last run (both empty after any run)."""
-        pids = _group_members(self.last_pgid) if self.last_pgid is not None else []
+        pids = group_members(self.last_pgid) if self.last_pgid is not None else []
         segs = sorted(n for n in self.last_segments if os.path.exists(os.path.join(SHM_DIR, n)))
         return pids, segs
 
@@ -312,19 +292,8 @@ class LavaRunner:
         if int(num_steps) != num_steps or num_steps < 1:
             raise SimulationError(f"num_steps={num_steps}; expected a positive integer.")
         inputs = {str(k): np.asarray(v) for k, v in (inputs or {}).items()}
-        ctx = multiprocessing.get_context("fork")
-        recv, send = ctx.Pipe(duplex=False)
-        child = ctx.Process(target=_child_main, name="spikegpt-lava-run",
-                            args=(send, self._build, inputs, int(num_steps), self.select_tag))
-        t0 = time.perf_counter()
-        child.start()
-        send.close()
-        self.last_pgid, self.last_segments = child.pid, set()
-        msg = None
-        try:
-            msg = self._wait(child, recv, int(num_steps))
-        finally:
-            self._cleanup(child, recv, clean=msg is not None and msg[0] == "ok")
+        with termination_raises():  # SIGTERM / SIGHUP clean up as Ctrl-C does
+            msg, t0 = self._run_child(int(num_steps), inputs)
         if msg[0] == "error":
             _, stage, summary, details, original = msg
             if original is not None and stage == "build":
@@ -336,6 +305,24 @@ class LavaRunner:
                          run_s=timings["run_s"], readout_s=timings["readout_s"],
                          total_s=time.perf_counter() - t0,
                          info={"select_tag": self.select_tag, "stop_s": timings["stop_s"]})
+
+    def _run_child(self, num_steps: int, inputs: Mapping[str, np.ndarray]) -> tuple[tuple, float]:
+        ctx = multiprocessing.get_context("fork")
+        recv, send = ctx.Pipe(duplex=False)
+        child = ctx.Process(target=_child_main, name="spikegpt-lava-run",
+                            args=(send, self._build, inputs, num_steps, self.select_tag,
+                                  os.getpid()))
+        t0 = time.perf_counter()
+        msg = None
+        try:
+            child.start()
+            send.close()
+            self.last_pgid, self.last_segments = child.pid, set()
+            msg = self._wait(child, recv, num_steps)
+        finally:
+            if child.pid is not None:
+                self._cleanup(child, recv, clean=msg is not None and msg[0] == "ok")
+        return msg, t0
 
     def _error_text(self, stage: str, summary: str, details: list[str]) -> str:
         # the last line of a model traceback is the real error, e.g. "RuntimeError: boom"
@@ -372,32 +359,27 @@ class LavaRunner:
                     "(killed, or out of memory?).")
 
     def _cleanup(self, child: Any, recv: Any, clean: bool) -> None:
-        """Wait for a clean exit or end the process group; unlink the run's segments. SIGINT is
-        held back meanwhile, so a second Ctrl-C cannot leave half a cleanup."""
-        main = threading.current_thread() is threading.main_thread()
-        if main:
-            old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        """Wait for a clean exit or end the process group; unlink the run's segments. SIGINT,
+        SIGTERM and SIGHUP are held back meanwhile, so a second signal cannot leave half a
+        cleanup."""
+        with deferred_signals():
             pgid = child.pid
             if clean:
                 # After a clean stop() only the run's multiprocessing resource tracker may
                 # linger for a moment (it exits when its pipe closes); give it that moment.
                 child.join(self.stop_timeout_s)
                 deadline = time.monotonic() + 2.0
-                while _group_members(pgid) and time.monotonic() < deadline:
+                while group_members(pgid) and time.monotonic() < deadline:
                     time.sleep(0.05)
-            pids = _group_members(pgid)
+            pids = group_members(pgid)
             if pids or child.is_alive():
                 if clean:
                     log.info("Lava run left %d processes after stop(); ending them", len(pids))
-                self.last_segments |= _mapped_segments(pids)
+                self.last_segments |= mapped_segments(pids)
                 self._kill_group(pgid, child)
             child.join(self.stop_timeout_s)
-            _unlink_segments(self.last_segments)
+            unlink_segments(self.last_segments)
             recv.close()
-        finally:
-            if main:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def _kill_group(self, pgid: int, child: Any | None) -> None:
         try:
@@ -407,11 +389,11 @@ class LavaRunner:
         if child is not None and child.is_alive():  # before its setsid() it is in our group
             os.kill(child.pid, signal.SIGKILL)
         deadline = time.monotonic() + self.stop_timeout_s
-        while _group_members(pgid) and time.monotonic() < deadline:
+        while group_members(pgid) and time.monotonic() < deadline:
             if child is not None:
                 child.join(0.05)
             else:
                 time.sleep(0.05)
-        left = _group_members(pgid)
+        left = group_members(pgid)
         if left:
             log.error("Lava processes %s survived SIGKILL", left)

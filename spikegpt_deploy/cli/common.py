@@ -5,19 +5,24 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import signal
 import sys
 from typing import Any, Callable
 
 import click
 
 from ..errors import DeployError
+from ..signals import interrupt_signum
 
 log = logging.getLogger("spikegpt_deploy.cli")
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A DeployError becomes one ``error: ...`` line on stderr and exit code 1 (the rest of a
-    multi-line message, e.g. a simulator's traceback, is logged for ``-v``); Ctrl-C exits 130."""
+    multi-line message, e.g. a simulator's traceback, is logged for ``-v``). Ctrl-C, SIGTERM and
+    SIGHUP (``signals.Terminated``) end with one ``interrupted (SIGNAME)`` line and exit code
+    128 + the signal's number, after the cleanup they trigger (no Lava process or shared-memory
+    segment outlives the command)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -28,9 +33,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 log.info("%s", rest)
             click.echo(f"error: {first}", err=True)
             sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP as signals.Terminated
+            signum = interrupt_signum(exc)
+            try:
+                click.echo(f"interrupted ({signal.Signals(signum).name})", err=True)
+            except OSError:  # SIGHUP: the terminal may be gone
+                pass
+            sys.exit(128 + signum)
     return wrapper
 
 
