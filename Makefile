@@ -1,5 +1,7 @@
 # The two commands a newcomer needs:  make demo  and  make test
 # Both create .venv with Python 3.10 (Lava supports only 3.10) and install the project into it.
+# The KJV corpus ships with the package; make test also installs chromium if it is missing
+# (scripts/ensure-chromium: apt-get as root or with sudo, else it says the command to run).
 
 PYTHON310 ?= $(shell scripts/find-python310)
 VENV      := .venv
@@ -23,7 +25,6 @@ $(STAMP): pyproject.toml constraints.txt
 # inspect it, simulate it in Lava (float and bit-accurate fixed point), then profile measured
 # spikes and energy per layer and write the HTML report.
 demo: $(STAMP)
-	@command -v bible >/dev/null || { echo "the demo reads the KJV text: apt-get install -y bible-kjv"; exit 1; }
 	$(BIN)/spikegpt-deploy evaluate --data kjv --max-tokens 16384
 	$(BIN)/spikegpt-deploy generate --prompt "In the beginning" --tokens 160 --temperature 0.7 --seed 1
 	$(BIN)/spikegpt-deploy convert --target loihi2 --calibration kjv -o $(OUT)/bundle --force
@@ -34,6 +35,7 @@ demo: $(STAMP)
 	$(BIN)/spikegpt-deploy report $(OUT)/profile/profile.json --html $(OUT)/profile/report.html
 
 test: $(STAMP)
+	@scripts/ensure-chromium
 	$(BIN)/python -m pytest -q
 
 clean-out:

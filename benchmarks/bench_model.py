@@ -37,7 +37,7 @@ from spikegpt_deploy.errors import DeployError  # noqa: E402
 from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig  # noqa: E402
 from spikegpt_deploy.model.layers import wkv_scan  # noqa: E402
 
-KJV_VOCAB = 73  # distinct characters of `bible -l0 Gen1:1-Rev22:21` (shared/reference/data.md)
+KJV_VOCAB = 73  # distinct characters of `bible -l0 Gen1:1-Rev22:21` (docs/data.md)
 
 
 def pick_model(path: str | None) -> tuple[SpikeGPT, str]:

@@ -15,7 +15,8 @@ appended for a port other than 0). A LIF membrane is the nir.LIF node's own stat
 membrane state slots (StateIn/StateOut around each LIF) are neither inputs nor outputs.
 
 Host ops are not in NIR: NIR has no exp, division, normalisation, element-wise product, WKV or
-table lookup (peers.md). They are listed in ``NirInfo.omitted`` with the partitioner's reason.
+table lookup (NIR 1.0 has neuron, linear, convolution, pooling, scale and delay nodes only).
+They are listed in ``NirInfo.omitted`` with the partitioner's reason.
 
 LIF mapping and discretisation
 ------------------------------

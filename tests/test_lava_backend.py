@@ -215,7 +215,7 @@ def test_runner_surfaces_model_exception_and_cleans_up():
 
 
 def test_runner_reports_float_into_fixed_lif_instead_of_hanging():
-    """A float OutPort into a bit-accurate LIF hangs plain Lava silently (lava-notes); the runner
+    """A float OutPort into a bit-accurate LIF hangs plain Lava silently (docs/lava.md); the runner
     sees the LIF's process die and reports its error."""
     def build(inputs, T):
         from lava.proc.io.source import PySendModelFloat, RingBuffer

@@ -1,6 +1,6 @@
 """The SpikeGPT model: parallel == RNN mode, an independent spec reference, LIF/WKV math, layout.
 
-Spec: ../shared/reference/spikegpt-model.md (sections 2 and 3.1).
+Spec: docs/model.md (sections 2 and 3.1).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Lava runs every ProcessModel in a forked OS process, talks through ``psm_*`` shared-memory
 segments in /dev/shm, hides errors raised inside process models behind "1 Exception(s)
 occurred", then hangs in ``stop()``; a killed or hung run orphans its children and leaks its
-segments (lava-notes). So ``LavaRunner`` runs each simulation in a supervisor child process that
+segments (docs/lava.md). So ``LavaRunner`` runs each simulation in a supervisor child process that
 it forks into its own session and process group:
 
 - the child builds the network (``build(inputs, num_steps) -> LavaNetwork``), compiles it,

@@ -1,4 +1,4 @@
-"""Model configuration of SpikeGPT (reference spec ../shared/reference/spikegpt-model.md, section 1.3)."""
+"""Model configuration of SpikeGPT (docs/model.md, section 1.3)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """SpikeGPT building blocks: LIF neuron, WKV, time-mix and channel-mix.
 
-Math follows ../shared/reference/spikegpt-model.md sections 2.3-2.7. Every op is written so that the
+Math follows docs/model.md sections 2.3-2.7. Every op is written so that the
 parallel (training) form and the one-token (RNN) form perform the same float arithmetic wherever
 they can, which is what makes parallel == RNN testable to 1e-5.
 """

@@ -1,6 +1,6 @@
 """SpikeGPT in PyTorch: parallel (training) mode and RNN (one token per step) mode.
 
-Reference: ../shared/reference/spikegpt-model.md. Block order (spec 2.1):
+Reference: docs/model.md (cited as spec N.M). Block order (spec 2.1):
 emb -> [Heaviside] -> LN0 -> L x (x += LIF1(TimeMix(LN1 x)); x += LIF2(ChannelMix(LN2 x))) ->
 LN_out -> head. The LIF time axis is the token axis; its membrane is part of the RNN state.
 """

@@ -4,7 +4,7 @@ The work itself is ``spikegpt_deploy.simulation_stage.StageRunner`` (numpy only,
 interpreter's op functions); this module only gives it Lava ports. A ProcessModel declares its
 ports statically, so a stage has fixed slots: ``chip_in_i`` / ``chip_out_i`` talk to chip
 processes (Lava's Dense, GatedLIF) and carry int32 under fixed_pt (a bit-accurate process must
-receive integers, lava-notes); ``host_in_i`` / ``host_out_i`` talk to other host stages and carry
+receive integers, docs/lava.md); ``host_in_i`` / ``host_out_i`` talk to other host stages and carry
 float64 (exact for the float32 values of the IR). Unused slots have shape (1,) and stay
 unconnected (``simulation_stage.SLOTS`` sets how many there are). No torch here: it deadlocks
 under Lava's fork.

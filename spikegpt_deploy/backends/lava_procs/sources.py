@@ -2,7 +2,7 @@
 
 Its fixed_pt model sends int32 with ``precision=24``: a bit-accurate LIF needs integer input (a
 float OutPort into Lava's fixed LIF makes ``np.left_shift`` fail inside the LIF, which shows as a
-silent hang, lava-notes). Data are time-first, (T, *shape); after T steps the source sends zeros.
+silent hang, docs/lava.md). Data are time-first, (T, *shape); after T steps the source sends zeros.
 """
 
 from __future__ import annotations
