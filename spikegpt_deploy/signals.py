@@ -37,7 +37,7 @@ def _raise_terminated(signum: int, frame: Any) -> None:
 
 def interrupt_signum(exc: KeyboardInterrupt) -> int:
     """The signal behind a KeyboardInterrupt: SIGINT for Ctrl-C, else the Terminated's."""
-    return getattr(exc, "signum", signal.SIGINT)
+    return int(getattr(exc, "signum", signal.SIGINT))
 
 
 def install_termination_handlers() -> list[int]:
