@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_tiny_model, random_text
+from proc_watch import Spawned
 from spikegpt_deploy import api
 from spikegpt_deploy.checkpoint import save_model
 from spikegpt_deploy.data import CharTokenizer
@@ -61,3 +63,21 @@ def test_profile_cli_on_a_bundle(files, tmp_path: Path) -> None:
                           "spinnaker2"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith("error:")
     assert "Traceback" not in bad.stderr
+
+
+def test_profile_cli_on_a_bundle_sigterm_leaves_nothing_behind(files, tmp_path: Path) -> None:
+    """`profile BUNDLE` runs the bundle in Lava too: SIGTERM mid-run cleans up as in simulate."""
+    _, bundle, short = files
+    corpus = tmp_path / "long.txt"  # the model's characters, enough held-out text to last
+    corpus.write_text(short.read_text(encoding="utf-8") * 60, encoding="utf-8")
+    with Spawned([str(_EXE), "profile", str(bundle), "--data", str(corpus), "--tokens", "15000",
+                  "-o", str(tmp_path / "prof")], cwd=tmp_path) as run:
+        started = run.wait_until(lambda: len(run.seen) >= 10 and run.segments, 180)
+        assert started and run.proc.poll() is None, f"the run did not start: {run.output()}"
+        run.proc.send_signal(signal.SIGTERM)
+        rc = run.wait_exit(120)
+        err = run.output()[1]
+        assert rc == 128 + signal.SIGTERM and "Traceback" not in err, (rc, err[-2000:])
+        assert err.strip().splitlines()[-1] == "interrupted (SIGTERM)"
+        assert run.survivors() == [] and run.leftover_segments() == []
+    assert not (tmp_path / "prof" / "profile.json").exists()
