@@ -1,4 +1,5 @@
-"""Watching a test's child processes and Lava's shared-memory segments through /proc."""
+"""Starting a test's child command robustly, and watching its processes and Lava's shared-memory
+segments through /proc."""
 
 from __future__ import annotations
 
