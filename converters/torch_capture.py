@@ -62,7 +62,9 @@ class _StateRef:
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(np.float32, copy=True)
+    # shares the model's memory (no copy of a 216M model's weights): IR passes never write
+    # into a parameter array, they store new ones
+    return t.detach().cpu().numpy().astype(np.float32, copy=False)
 
 
 def _scope(path: str, depth: int = 3) -> str:

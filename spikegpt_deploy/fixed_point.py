@@ -364,12 +364,10 @@ def quantize_weights(W: np.ndarray, bits: int = 8, input_scale: float = 1.0) -> 
     when the Dense feeds a fixed LIF), so that mantissa * 2**exponent ~= W * input_scale.
     Rounding is half to even; the errors are reported in W's units.
     """
-    W = np.asarray(W, dtype=np.float64)
+    W = np.asarray(W)
     if W.ndim != 2:
         raise ConversionError(f"quantize_weights: expected a 2-D (out, in) matrix, got shape "
                               f"{W.shape}.")
-    if not np.all(np.isfinite(W)):
-        raise ConversionError("quantize_weights: weights contain NaN or inf.")
     if not 2 <= int(bits) <= DENSE_WEIGHT_BITS:
         raise ConversionError(f"quantize_weights: bits={bits}; Lava's Dense holds 2..8-bit "
                               "signed weights.")
@@ -379,9 +377,14 @@ def quantize_weights(W: np.ndarray, bits: int = 8, input_scale: float = 1.0) -> 
     # lava_dense_kwargs passes weight_exp = exponent - k, and Lava shifts int32 sums by it, so
     # it must stay within +-31: tinier weights get the lowest exponent (and round toward 0).
     k = DENSE_WEIGHT_BITS + 1 - int(bits)
+    # Row blocks in float64: the same numbers as the whole matrix at once, without float64
+    # copies of a 100M-weight matrix (the 216M model's folded head).
+    blocks = [W[i:i + _BLOCK_ROWS(W)] for i in range(0, W.shape[0], _BLOCK_ROWS(W))]
+    wmax = max((float(np.max(np.abs(b))) for b in blocks if b.size), default=0.0)
+    if not np.isfinite(wmax):
+        raise ConversionError("quantize_weights: weights contain NaN or inf.")
     with np.errstate(over="ignore"):
-        target = W * float(input_scale)
-    amax = float(np.max(np.abs(target))) if W.size else 0.0
+        amax = float(np.float64(wmax) * float(input_scale))
     exponent = k - 31
     if amax > 0:
         exponent = int(np.ceil(np.log2(amax / qmax))) if np.isfinite(amax) else 1 << 20
@@ -394,13 +397,49 @@ def quantize_weights(W: np.ndarray, bits: int = 8, input_scale: float = 1.0) -> 
             exponent -= 1
         if exponent > 31:
             _raise_exponent_too_large(amax)
-    mantissa = np.clip(np.rint(target / 2.0 ** exponent), -qmax, qmax).astype(np.int32)
     scale = 2.0 ** exponent / float(input_scale)
-    err = W - mantissa * scale
+    mantissa = np.empty(W.shape, np.int8)  # 2..8-bit mantissas, stored at their width
+    max_err, sq_err, row = 0.0, 0.0, 0
+    for b in blocks:
+        w64 = b.astype(np.float64)
+        with np.errstate(over="ignore"):
+            m = np.clip(np.rint(w64 * float(input_scale) / 2.0 ** exponent), -qmax, qmax)
+        mantissa[row:row + b.shape[0]] = m
+        row += b.shape[0]
+        err = np.abs(w64 - m * scale)
+        if err.size:
+            max_err = max(max_err, float(err.max()))
+            sq_err += float(np.dot(err.ravel(), err.ravel()))
     return QuantizedWeights(mantissa=mantissa, exponent=exponent, scale=scale,
-                            max_abs_error=float(np.max(np.abs(err))) if W.size else 0.0,
-                            rms_error=float(np.sqrt(np.mean(err ** 2))) if W.size else 0.0,
+                            max_abs_error=max_err,
+                            rms_error=float(np.sqrt(sq_err / W.size)) if W.size else 0.0,
                             bits=int(bits))
+
+
+def _BLOCK_ROWS(W: np.ndarray) -> int:  # noqa: N802 - rows per block of ~4M weights
+    return max(1, (1 << 22) // max(1, W.shape[1]))
+
+
+def exact_integer_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x @ w.T for integer-valued x (N, in) and integer w (out, in), exactly, as float64 (N, out).
+
+    The chip's accumulation is integer; BLAS computes it exactly in floating point while every
+    product and partial sum is an integer below the format's 2**mantissa bits: float32 when
+    max_n sum_i |x_ni| * max |w| < 2**24, float64 below 2**53, int64 otherwise. Weights are
+    converted in row blocks, so no float copy of a large matrix is made."""
+    x = np.asarray(x)
+    w = np.asarray(w)
+    if x.size == 0 or w.size == 0:
+        return np.zeros((x.shape[0], w.shape[0]), np.float64)
+    wmax = max(int(w.max()), -int(w.min()))
+    bound = float(np.abs(x).sum(axis=-1).max()) * wmax
+    dtype = np.float32 if bound < 2.0 ** 24 else np.float64 if bound < 2.0 ** 53 else np.int64
+    xd = x.astype(dtype)
+    out = np.empty((x.shape[0], w.shape[0]), np.float64)
+    step = _BLOCK_ROWS(w)
+    for i in range(0, w.shape[0], step):
+        out[:, i:i + step] = xd @ w[i:i + step].astype(dtype).T
+    return out
 
 
 # ------------------------------------------------------------------ float vs fixed agreement

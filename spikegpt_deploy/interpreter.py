@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
+import networkx as nx
 import numpy as np
 
 from .errors import ConversionError, DataError
@@ -166,6 +167,147 @@ class Executor:
             for n in populations:
                 spikes[self.ir.node(n)["module"]].append(res.values[(n, 0)])
         return np.stack(logits, 1), {k: np.stack(v, 1) for k, v in spikes.items()}
+
+    def run_sequence(self, tokens: Array, spikes_of: tuple[str, ...] = ("LIF", "Heaviside"),
+                     peaks: bool = False) -> "SequenceResult":
+        """Like ``run``, each op once over all tokens where it can be (see ``run_sequence``)."""
+        return run_sequence(self, tokens, spikes_of, peaks)
+
+
+@dataclass
+class SequenceResult:
+    """``Executor.run_sequence``: logits (B, T, V), spikes (B, T, C) per population, the state
+    after the last token, and (when asked) max |value| of every float value over all tokens."""
+
+    logits: Array
+    spikes: dict[str, Array]
+    state: dict[str, Array]
+    peaks: dict[tuple[str, int], float] = field(default_factory=dict)
+
+
+def recurrent_groups(ir: IR) -> list[list[str]]:
+    """The IR's nodes in groups, in an order where every group's inputs come from earlier groups
+    or from the previous token. A group of one node that is not on a cycle through a state slot
+    can be run for all tokens at once; the nodes of a cycle (a LIF and its membrane, WKV and its
+    three slots, a fold's shift slot) have to run token by token."""
+    g = nx.DiGraph(ir.graph)
+    readers: dict[str, list[str]] = {}
+    for n in ir.nodes_of("StateIn"):
+        readers.setdefault(ir.node(n)["attrs"]["state"], []).append(n)
+    for n in ir.nodes_of("StateOut"):
+        for reader in readers.get(ir.node(n)["attrs"]["state"], []):
+            g.add_edge(n, reader)  # the slot's value crosses to the next token
+    comps = list(nx.strongly_connected_components(g))
+    cond = nx.condensation(g, comps)
+    pos = {n: i for i, n in enumerate(ir.topological())}
+    return [sorted(cond.nodes[c]["members"], key=pos.__getitem__)
+            for c in nx.lexicographical_topological_sort(
+                cond, key=lambda c: min(pos[m] for m in cond.nodes[c]["members"]))]
+
+
+def run_sequence(ex: "Executor", tokens: Array, spikes_of: tuple[str, ...] = ("LIF", "Heaviside"),
+                 peaks: bool = False) -> SequenceResult:
+    """Run ``ex``'s IR over tokens (B, T) from the zero state, each op once over all tokens.
+
+    The same op table and the same values as ``Executor.run``, token by token only where a state
+    slot makes an op depend on its own previous output (see ``recurrent_groups``): the linears
+    run as one matrix product over the T x B rows instead of T vector products, so the weights
+    are read once. Float sums may differ from ``run`` in the last bit (BLAS orders them
+    differently for matrices and vectors). Values are dropped once their last reader ran."""
+    ir = ex.ir
+    tokens = np.asarray(tokens, dtype=np.int64)
+    B, T = tokens.shape
+    vocab = int(ir.config["vocab_size"])
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
+        raise DataError(f"token ids must be in [0, {vocab}), got {tokens.min()}..{tokens.max()}")
+    init = ex.init_state(B)
+    writer = {ir.node(n)["attrs"]["state"]: ex._inputs[n][0] for n in ir.nodes_of("StateOut")}
+    keep = {(n, 0) for n in ex.order if ir.node(n)["op"] in spikes_of}
+    left: dict[tuple[str, int], int] = {}
+    for n in ex.order:
+        for p in ex._inputs[n]:
+            left[(p.node, p.port)] = left.get((p.node, p.port), 0) + 1
+        if ir.node(n)["op"] == "StateIn" and ir.node(n)["attrs"]["state"] in writer:
+            w = writer[ir.node(n)["attrs"]["state"]]
+            left[(w.node, w.port)] = left.get((w.node, w.port), 0) + 1
+    values: dict[tuple[str, int], Array] = {}
+    outputs: dict[str, Array] = {}
+    state: dict[str, Array] = {}
+    found: dict[tuple[str, int], float] = {}
+
+    def release(key: tuple[str, int]) -> None:
+        left[key] -= 1
+        if left[key] == 0 and key not in keep:
+            values.pop(key, None)
+
+    def state_in(n: str, seq: Mapping[tuple[str, int], Array], t: int | None) -> Array:
+        slot = ir.node(n)["attrs"]["state"]
+        w = writer.get(slot)
+        if t is not None:  # inside a cycle: the writer's value of the previous token
+            return init[slot] if w is None or t == 0 else seq[(w.node, w.port)][t - 1]
+        if w is None:
+            return np.concatenate([init[slot]] * T)
+        return np.concatenate([init[slot], seq[(w.node, w.port)][: (T - 1) * B]])
+
+    for group in recurrent_groups(ir):
+        members = set(group)
+        if len(group) == 1 and group[0] not in ir.graph.successors(group[0]):
+            n = group[0]
+            data = ir.node(n)
+            ins = [values[(p.node, p.port)] for p in ex._inputs[n]]
+            op = data["op"]
+            if op == "Input":
+                res: tuple[Array, ...] = (np.ascontiguousarray(tokens.T).reshape(-1),)
+            elif op == "StateIn":
+                res = (state_in(n, values, None),)
+            elif op == "StateOut":
+                state[data["attrs"]["state"]] = ins[0][(T - 1) * B:]
+                res = ()
+            elif op == "Output":
+                outputs[data["attrs"]["name"]] = ins[0]
+                res = ()
+            else:
+                res = ex.ops[op](data, ins)
+            for port, value in enumerate(res):
+                values[(n, port)] = value
+        else:
+            per_token: dict[tuple[str, int], list[Array]] = {}
+            for t in range(T):
+                rows = slice(t * B, (t + 1) * B)
+                for n in group:
+                    data = ir.node(n)
+                    ins = [per_token[(p.node, p.port)][t] if p.node in members
+                           else values[(p.node, p.port)][rows] for p in ex._inputs[n]]
+                    if data["op"] == "StateIn":
+                        res = (state_in(n, per_token, t),)
+                    elif data["op"] == "StateOut":
+                        if t == T - 1:
+                            state[data["attrs"]["state"]] = ins[0]
+                        continue
+                    else:
+                        res = ex.ops[data["op"]](data, ins)
+                    for port, value in enumerate(res):
+                        per_token.setdefault((n, port), []).append(value)
+            for key, seq in per_token.items():
+                values[key] = np.concatenate(seq)
+        for n in group:
+            for port in range(ir.node(n)["n_out"]):
+                value = values.get((n, port))
+                if peaks and value is not None and value.dtype.kind == "f" and value.size:
+                    found[(n, port)] = float(np.max(np.abs(value)))
+                if (n, port) not in left and (n, port) not in keep:
+                    values.pop((n, port), None)
+            for p in ex._inputs[n]:
+                release((p.node, p.port))
+            if ir.node(n)["op"] == "StateIn" and ir.node(n)["attrs"]["state"] in writer:
+                w = writer[ir.node(n)["attrs"]["state"]]
+                release((w.node, w.port))
+
+    def batch_first(x: Array) -> Array:
+        return np.swapaxes(x.reshape(T, B, *x.shape[1:]), 0, 1)
+
+    spikes = {ir.node(n)["module"]: batch_first(values[(n, 0)]) for n, _ in sorted(keep)}
+    return SequenceResult(batch_first(outputs["logits"]), spikes, state, found)
 
 
 def annotate_shapes(ir: IR) -> IR:

@@ -134,37 +134,46 @@ def _fold_one(ir: IR, lin: str, forms: dict[Port, _Stream], binary_x0: bool) -> 
     if not form.terms and not binary_x0:
         return ("the stream holds no spikes here (float embedding, before the first LIF): "
                 "nothing to make spike-driven")
-    W = ir.node(lin)["params"]["weight"].astype(np.float64)
+    W = ir.node(lin)["params"]["weight"]
     out_dim = W.shape[0]
     gamma, beta = ln["params"]["weight"].astype(np.float64), ln["params"]["bias"].astype(np.float64)
     m = np.ones_like(gamma) if mix is None else mix.astype(np.float64)
-    parts = [W * (m * gamma)] + ([W * ((1 - m) * gamma)] if mix is not None else [])
-    AB = np.concatenate(parts, axis=0)                               # (out or 2 out, C)
-    beta_parts = [W @ (m * beta)] + ([W @ ((1 - m) * beta)] if mix is not None else [])
+    # A = W diag(m gamma) and B = W diag((1 - m) gamma), stacked: column factors per half
+    cols = np.stack([m * gamma] + ([(1 - m) * gamma] if mix is not None else []))
+    betas = np.stack([m * beta] + ([(1 - m) * beta] if mix is not None else []))
     path = ir.node(lin)["module"]
     inputs: list[Port] = []
-    params = {"w_one": AB.sum(axis=1), "w_beta": np.concatenate(beta_parts)}
+    x0_ln = ir.node(form.x0.node)
+    g0 = x0_ln["params"]["weight"].astype(np.float64)
+    b0 = x0_ln["params"]["bias"].astype(np.float64)
+    # every vector product with [A; B] in one pass over W: A v = W (cols_A * v)
+    vecs = [cols, betas] + ([cols * g0, cols * b0] if binary_x0 else [])
+    dots = _row_dots(W, np.concatenate(vecs))                        # (out, k) float64
+    halves = len(cols)
+
+    def stacked(i: int) -> np.ndarray:  # the i-th group of vectors, as [A v; B v]
+        return dots[:, i * halves:(i + 1) * halves].T.reshape(-1)
+
+    params = {"w_one": stacked(0), "w_beta": stacked(1)}
     if form.terms:
         coeffs = [c for _, c in form.terms]
         if any(c != round(c) for c in coeffs):
             return "spike coefficients of the stream are not integers"
         acc = _spike_sum(ir, ln["module"], form)
         inputs.append(Port(ir.add_node(ir.unique_id(f"{path}.spikes"), "SpikeLinear", [acc],
-                                       module=path, params={"weight": AB.astype(F32)},
+                                       module=path, params=_folded_params(W, cols),
                                        attrs={"source": "stream_counts"})))
-    x0_ln = ir.node(form.x0.node)
     if binary_x0:
         (b_port,) = ir.inputs(form.x0.node)
-        g0, b0 = x0_ln["params"]["weight"].astype(np.float64), x0_ln["params"]["bias"]
         inputs.append(Port(ir.add_node(ir.unique_id(f"{path}.emb_spikes"), "SpikeLinear",
                                        [b_port], module=path,
-                                       params={"weight": (AB * g0).astype(F32)},
+                                       params=_folded_params(W, cols * g0),
                                        attrs={"source": "embedding_spikes"})))
-        params["w_gamma0"] = AB @ g0
-        params["w_beta0"] = AB @ b0.astype(np.float64)
+        params["w_gamma0"] = stacked(2)
+        params["w_beta0"] = stacked(3)
     else:
         inputs.append(Port(ir.add_node(ir.unique_id(f"{path}.x0"), "Linear", [form.x0],
-                                       module=path, params={"weight": AB.astype(F32)})))
+                                       module=path, params={"weight": fold_weight(W, cols)})))
     stats = _stats(ir, stream_port, ln)
     inputs += [Port(stats, 0), Port(stats, 1)]
     if binary_x0:
@@ -185,6 +194,39 @@ def _fold_one(ir: IR, lin: str, forms: dict[Port, _Stream], binary_x0: bool) -> 
         ir.connect(Port(corr, 0), v, d["dst_port"])
     ir.graph.remove_node(lin)
     return None
+
+
+def fold_weight(source: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The folded matrix [W diag(cols[0]); W diag(cols[1]); ...] in float32.
+
+    Each element is the float64 product W[o, i] * cols[h, i] rounded to float32, computed in row
+    blocks straight into the result (no float64 copy of W). The bundle stores W and cols, not the
+    result, and rebuilds it with this function: bit for bit the same matrix."""
+    out, width = source.shape
+    res = np.empty((len(cols) * out, width), F32)
+    step = max(1, (1 << 22) // max(1, width))
+    for h, col in enumerate(np.asarray(cols, np.float64)):
+        for i in range(0, out, step):
+            rows = source[i:i + step]
+            np.multiply(rows, col, out=res[h * out + i:h * out + i + rows.shape[0]],
+                        casting="unsafe")
+    return res
+
+
+def _folded_params(source: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
+    """A folded SpikeLinear's parameters: its float32 weight and the factors it is made of
+    (``source_weight`` is the model's own array, shared, not copied)."""
+    return {"weight": fold_weight(source, cols), "source_weight": source,
+            "source_cols": np.asarray(cols, np.float64)}
+
+
+def _row_dots(W: np.ndarray, vecs: np.ndarray) -> np.ndarray:
+    """W @ vecs.T in float64, in row blocks of W."""
+    out = np.empty((W.shape[0], vecs.shape[0]), np.float64)
+    step = max(1, (1 << 22) // max(1, W.shape[1]))
+    for i in range(0, W.shape[0], step):
+        out[i:i + step] = W[i:i + step].astype(np.float64) @ vecs.T
+    return out
 
 
 def _spike_sum(ir: IR, ln_module: str, form: _Stream) -> Port:

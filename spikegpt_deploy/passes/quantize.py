@@ -33,12 +33,7 @@ LIF_INPUT_MARGIN = 2.0  # calibrated max |current| x margin must fit the 16-bit 
 
 def calibrate(ir: IR, tokens: np.ndarray) -> dict[tuple[str, int], float]:
     """Max |value| of every value over a token sequence (tokens: (B, T)) in float execution."""
-    peak: dict[tuple[str, int], float] = {}
-    for res in Executor(ir).steps(tokens):
-        for key, value in res.values.items():
-            if value.dtype.kind == "f" and value.size:
-                peak[key] = max(peak.get(key, 0.0), float(np.max(np.abs(value))))
-    return peak
+    return Executor(ir).run_sequence(tokens, peaks=True).peaks
 
 
 def _scale_bits_for(peak: float) -> int:
@@ -53,12 +48,16 @@ def graded_input(x: np.ndarray, input_step: float, graded_bits: int) -> np.ndarr
     return np.clip(np.rint(x / input_step), -qmax, qmax).astype(np.int32)
 
 
-def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8) -> IR:
-    """Annotate chip nodes with fixed-point parameters (see the module docstring); new IR."""
+def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
+             peaks: dict[tuple[str, int], float] | None = None) -> IR:
+    """Annotate chip nodes with fixed-point parameters (see the module docstring); new IR.
+
+    ``peaks``: ``calibrate(ir, calibration_tokens)`` when the caller has run it already."""
     if not 2 <= weight_bits <= fp.DENSE_WEIGHT_BITS:
         raise ConversionError(f"--weight-bits {weight_bits}: Lava's Dense holds 2..8-bit weights")
     out = ir.copy()
-    peaks = calibrate(out, calibration_tokens)
+    if peaks is None:
+        peaks = calibrate(out, calibration_tokens)
     report: dict[str, dict[str, Any]] = {}
     for n in out.topological():
         d = out.node(n)
@@ -135,7 +134,7 @@ def _quantize_graded_linear(ir: IR, n: str, peaks: dict, weight_bits: int) -> di
 def _q_spike_linear(n: dict, ins: list[np.ndarray]) -> tuple[np.ndarray]:
     if "weight_q" not in n["params"]:
         return FLOAT_OPS["SpikeLinear"](n, ins)  # type: ignore[return-value]
-    acc = np.rint(ins[0]).astype(np.int64) @ n["params"]["weight_q"].astype(np.int64).T
+    acc = fp.exact_integer_matmul(np.rint(ins[0]), n["params"]["weight_q"])
     return (acc * n["attrs"]["weight_scale"]).astype(F32),
 
 
@@ -145,7 +144,7 @@ def _q_linear(n: dict, ins: list[np.ndarray]) -> tuple[np.ndarray]:
         return FLOAT_OPS["Linear"](n, ins)  # type: ignore[return-value]
     xq = graded_input(ins[0], a["input_step"], a["graded_bits"])
     if a["output"] == "host_readout":
-        acc = xq.astype(np.int64) @ n["params"]["weight_q"].astype(np.int64).T
+        acc = fp.exact_integer_matmul(xq, n["params"]["weight_q"])
         return (acc * (a["weight_scale"] * a["input_step"])).astype(F32),
     w_eff = fp.dense_effective_weights(n["params"]["weight_lava"], int(a["weight_bits"]))
     out = np.stack([fp.dense_fixed_step(w_eff, a["weight_exp_lava"], row) for row in xq])
