@@ -138,6 +138,15 @@ def convert(model: str | Path | None, out_dir: str | Path | None, force: bool = 
     return path, verify_bundle(path)
 
 
+def export_bundle(path: str | Path, fmt: str, out: str | Path | None = None,
+                  force: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Write a bundle's host.onnx, spiking.nir or netx files (``bundle.export_bundle``)."""
+    from .bundle import export_bundle as _export
+    if out is not None:
+        check_output(out, "-o", folder=fmt == "netx")
+    return _export(path, fmt, out, force)
+
+
 def inspect_bundle(path: str | Path) -> dict[str, Any]:
     """The bundle's summary: partition, crossings per token, resources, quantization error,
     and the target profile it carries."""
@@ -161,6 +170,7 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
                                "sha256": target.sha256, "path": str(target.path)},
             "policy": manifest["policy"], "passes": manifest["passes"],
             "partition": manifest["partition"],
+            "chip_weights": manifest.get("chip_weights"),
             "crossings_per_token": per_direction, "resources": manifest["resources"],
             "quantization": manifest.get("quantization", {}).get("layers", {}),
             "equivalence": manifest.get("equivalence"),
@@ -280,6 +290,7 @@ def targets() -> list[dict[str, Any]]:
 # command name -> the function it wraps
 COMMANDS: dict[str, Callable[..., Any]] = {
     "train": train, "evaluate": evaluate, "generate": generate, "export-onnx": export_onnx,
-    "convert": convert, "inspect": inspect_bundle, "simulate": simulate, "profile": profile,
+    "convert": convert, "inspect": inspect_bundle, "export": export_bundle,
+    "simulate": simulate, "profile": profile,
     "report": report, "targets": targets,
 }

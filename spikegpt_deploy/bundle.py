@@ -1,20 +1,21 @@
 """The deployment bundle: a directory written atomically, verified by hash when loaded.
 
-Layout (format ``spikegpt-deploy-bundle``, version 1):
+Layout (format ``spikegpt-deploy-bundle``, version 2):
     manifest.json     format version, source model sha256, config, target, policy, passes,
-                      quantization, partition summary, crossings, per-layer resources,
-                      equivalence figures, and the sha256 of every other file
+                      quantization, partition summary, chip weights vs model weights, crossings,
+                      per-layer resources, equivalence figures, and the sha256 of every other file
     ir.json           the partitioned, quantized per-token graph (nodes, edges, attributes)
-    ir_params.npz     its arrays (float weights, integer mantissas), pickle-free
+    ir_params.npz     its arrays, each once (``ir_io``): chip weights as int8 mantissas, the
+                      float program's matrices as the model's own float32 matrices and factors
     tokenizer.json    the model's tokenizer (char vocabulary or tokenizers JSON)
     target.toml       the hardware profile the bundle was converted for (its sha256 is the
                       manifest's target.profile_sha256), so the bundle needs no outside file
-    host.onnx         the host partition as ONNX (inputs: token, host state, chip->host values)
-    spiking.nir       the spiking partition as a NIR graph
-    chip.<layer>.net  the chip layers netx expresses, one lava-dl netx HDF5 file each (a netx
-                      network is one feed-forward chain; each such layer is fed and read by the host)
-The simulator builds from ir.json / ir_params.npz (the documented array format); host.onnx,
-spiking.nir and chip.net are for other tools.
+The simulator and the profiler build from ir.json / ir_params.npz. The interop files repeat the
+weights in other formats, so ``export_bundle`` (``spikegpt-deploy export``) writes them on
+demand: host.onnx (the host partition as ONNX), spiking.nir (the spiking partition as NIR),
+chip.<layer>.net (the chip layers lava-dl netx expresses, one HDF5 file each).
+Version 1 bundles (int32 mantissas next to float copies, interop files inside) are refused with
+a message to re-run convert.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from .data import Tokenizer, tokenizer_from_dict
 from .errors import BundleError, ConversionError, DeployError, ProfileError
 from .ir import IR
 from .ir_io import load_ir, save_ir
-from .partition import placement_summary
+from .partition import chip_weight_report, placement_summary
 
 BUNDLE_FORMAT = "spikegpt-deploy-bundle"
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 PROFILE_FILE = "target.toml"   # the hardware profile the bundle was converted for
 REQUIRED_FILES = ("ir.json", "ir_params.npz")
@@ -47,7 +48,11 @@ log = logging.getLogger(__name__)
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _emit_host_onnx(ir: IR, directory: Path) -> dict[str, Any]:
@@ -70,12 +75,13 @@ def _emit_netx(ir: IR, directory: Path) -> dict[str, Any]:
     return {"files": [Path(f).name for f in info.files], "info": _jsonable(info)}
 
 
-# name -> emitter; each writes its file(s) into the bundle directory and describes them
+# name -> emitter; each writes its file(s) into a directory and describes them
 EMITTERS: list[tuple[str, Callable[[IR, Path], dict[str, Any]]]] = [
     ("host_onnx", _emit_host_onnx),
     ("nir", _emit_nir),
     ("netx", _emit_netx),
 ]
+EXPORT_FORMATS = {"onnx": "host_onnx", "nir": "nir", "netx": "netx"}  # export --format -> emitter
 
 
 def _relative(info: Any, name: str) -> Any:
@@ -101,7 +107,10 @@ def refuse_existing(out: Path, force: bool) -> None:
 
 def write_bundle(ctx: ConvertContext, out_dir: str | Path, force: bool = False,
                  emitters: list[str] | None = None) -> Path:
-    """Write the bundle for a finished pipeline run; nothing is left half-written."""
+    """Write the bundle for a finished pipeline run; nothing is left half-written.
+
+    ``emitters``: interop files to put inside the bundle too (names of ``EMITTERS``; default
+    none: ``export_bundle`` writes them from the bundle when they are wanted)."""
     out = Path(out_dir)
     refuse_existing(out, force)
     if ctx.ir is None or ctx.loaded is None or ctx.profile is None:
@@ -127,7 +136,11 @@ def _write_files(ctx: ConvertContext, tmp: Path, emitters: list[str] | None) -> 
     assert ctx.ir is not None
     files = save_ir(ctx.ir, tmp)
     emitted: dict[str, Any] = {}
-    wanted = emitters if emitters is not None else [name for name, _ in EMITTERS]
+    wanted = emitters or []
+    unknown = sorted(set(wanted) - {name for name, _ in EMITTERS})
+    if unknown:
+        raise ConversionError(f"unknown emitter(s) {unknown}; known: "
+                              f"{', '.join(name for name, _ in EMITTERS)}")
     for name, emit in EMITTERS:
         if name not in wanted:
             continue
@@ -207,6 +220,7 @@ def _manifest(ctx: ConvertContext, emitted: dict[str, Any]) -> dict[str, Any]:
         "fold_report": ir.meta.get("fold_report", {}),
         "quantization": ir.meta.get("quantization", {}),
         "partition": placement_summary(ir),
+        "chip_weights": chip_weight_report(ir, ctx.loaded.model.num_parameters()),
         "crossings": ir.meta.get("crossings", []),
         "resources": ctx.resources,
         "equivalence": ctx.equivalence,
@@ -262,10 +276,15 @@ def verify_bundle(path: str | Path) -> dict[str, Any]:
                           ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{mpath}: not a {BUNDLE_FORMAT} manifest")
-    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise BundleError(f"{mpath}: bundle format version {manifest.get('format_version')!r}, "
-                          f"this spikegpt-deploy reads version {BUNDLE_FORMAT_VERSION}; "
-                          f"re-run convert with this version")
+    version = manifest.get("format_version")
+    if version != BUNDLE_FORMAT_VERSION:
+        older = isinstance(version, int) and version < BUNDLE_FORMAT_VERSION
+        raise BundleError(
+            f"{mpath}: bundle format version {version!r}"
+            + (" was written by an older spikegpt-deploy (it stored 32-bit mantissas next to "
+               "float copies, and the interop files inside)" if older else "")
+            + f"; this spikegpt-deploy reads version {BUNDLE_FORMAT_VERSION}: re-run "
+            f"'spikegpt-deploy convert' on the model to write it again")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{mpath}: no 'files' table")
@@ -326,3 +345,43 @@ def load_bundle(path: str | Path) -> Bundle:
         except DeployError as exc:
             raise BundleError(str(exc)) from None
     return Bundle(root, manifest, ir, tok)
+
+
+def export_bundle(path: str | Path, fmt: str, out: str | Path | None = None,
+                  force: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Write one interop format of a bundle: ``onnx`` (host.onnx), ``nir`` (spiking.nir) or
+    ``netx`` (a directory of chip.<layer>.net files). Default output: next to the bundle,
+    ``<bundle>.host.onnx``, ``<bundle>.spiking.nir`` or ``<bundle>.netx``. Written to a
+    temporary name first; nothing is left half-written."""
+    if fmt not in EXPORT_FORMATS:
+        raise BundleError(f"--format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    root = Path(path)
+    bundle = load_bundle(root)
+    default = {"onnx": "host.onnx", "nir": "spiking.nir", "netx": "netx"}[fmt]
+    target = Path(out) if out else root.with_name(f"{root.name}.{default}")
+    refuse_existing(target, force)
+    emit = dict(EMITTERS)[EXPORT_FORMATS[fmt]]
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            try:
+                info = emit(bundle.ir, tmp)
+            except DeployError as exc:
+                raise BundleError(f"exporting {root} as {fmt} failed: {exc}") from None
+            if fmt == "netx":
+                _swap_in(tmp, target)
+            else:
+                produced = tmp / info["file"]
+                if target.is_dir():
+                    raise BundleError(f"{target} is a directory; -o names the {fmt} file")
+                os.replace(produced, target)
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except OSError as exc:
+        raise BundleError(f"cannot write {target} ({exc}); choose another -o") from None
+    if fmt != "netx" and isinstance(info.get("info"), dict) and "path" in info["info"]:
+        info["info"]["path"] = str(target)
+    return target, info

@@ -1,12 +1,20 @@
 """Saving and loading an IR: ``ir.json`` (graph, attributes) + ``ir_params.npz`` (arrays).
 
 The format is plain JSON and a pickle-free npz (``allow_pickle=False``), so a bundle can be read
-without running any code from it. Array parameters are stored under ``<node id>/<param name>``.
+without running any code from it. Array parameters are stored under ``<node id>/<param name>``,
+each array once:
+- an array that several nodes share (a folded linear's ``source_weight``, the model's own
+  matrix, read by its stream and its embedding SpikeLinear) is stored under its first key; the
+  other nodes name that key in ``shared``;
+- an array that others determine is not stored; the node lists it in ``derived`` and loading
+  rebuilds it bit for bit (``DERIVED``): a folded SpikeLinear's float ``weight`` from
+  ``source_weight`` and ``source_cols`` (``passes.fold.fold_weight``), a graded chip Linear's
+  ``weight_lava`` from its mantissas ``weight_q``.
+Quantized mantissas keep their integer width (int8 for Lava's 2..8-bit weights).
 """
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +26,49 @@ from .errors import BundleError
 from .ir import IR, OPS
 
 IR_FORMAT = "spikegpt-deploy-ir"
-IR_FORMAT_VERSION = 1
+IR_FORMAT_VERSION = 2
+
+
+def _fold_weight(params: dict[str, np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    from .passes.fold import fold_weight
+    return fold_weight(params["source_weight"], params["source_cols"])
+
+
+def _lava_weight(params: dict[str, np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
+    from .fixed_point import mantissa_dense_kwargs
+    return np.asarray(mantissa_dense_kwargs(params["weight_q"], int(attrs["weight_bits"]))
+                      ["weights"], dtype=np.int32)
+
+
+# param name -> (the params it is made of, how)
+DERIVED: dict[str, tuple[tuple[str, ...], Any]] = {
+    "weight": (("source_weight", "source_cols"), _fold_weight),
+    "weight_lava": (("weight_q",), _lava_weight),
+}
+_SAMPLE_ROWS = 16  # rows of a derived array compared with the stored one before it is dropped
+
+
+def _is_derived(name: str, params: dict[str, np.ndarray], attrs: dict[str, Any]) -> bool:
+    """True when ``params[name]`` is what ``DERIVED`` rebuilds (checked on a sample of rows:
+    a pass that changed the array without its factors keeps it stored)."""
+    if name not in DERIVED or not all(k in params for k in DERIVED[name][0]):
+        return False
+    arr = params[name]
+    if name == "weight":
+        src, cols = params["source_weight"], params["source_cols"]
+        if arr.shape != (len(cols) * src.shape[0], src.shape[1]):
+            return False
+        rows = np.linspace(0, arr.shape[0] - 1, min(_SAMPLE_ROWS, arr.shape[0])).astype(int)
+        from .passes.fold import fold_weight
+        for r in rows:
+            h, o = divmod(int(r), src.shape[0])
+            if not np.array_equal(fold_weight(src[o:o + 1], cols[h:h + 1])[0], arr[r]):
+                return False
+        return arr.dtype == np.float32
+    try:
+        return bool(np.array_equal(DERIVED[name][1](params, attrs), arr))
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _plain(value: Any) -> Any:
@@ -36,11 +86,22 @@ def _plain(value: Any) -> Any:
 
 def ir_to_json(ir: IR) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     nodes, arrays = [], {}
+    stored: dict[int, str] = {}  # id(array) -> its key, so that a shared array is stored once
     for n, d in ir.graph.nodes(data=True):
+        shared, derived = {}, []
         for name, arr in d["params"].items():
-            arrays[f"{n}/{name}"] = np.asarray(arr)
+            if _is_derived(name, d["params"], d["attrs"]):
+                derived.append(name)
+            elif id(arr) in stored:
+                shared[name] = stored[id(arr)]
+            else:
+                stored[id(arr)] = f"{n}/{name}"
+                arrays[f"{n}/{name}"] = np.asarray(arr)
+        extra = {"shared": shared} if shared else {}
+        if derived:
+            extra["derived"] = sorted(derived)
         nodes.append({"id": n, "op": d["op"], "module": d["module"], "attrs": _plain(d["attrs"]),
-                      "n_out": d["n_out"], "params": sorted(d["params"]),
+                      "n_out": d["n_out"], "params": sorted(d["params"]), **extra,
                       **{k: d[k] for k in ("placement", "reason") if k in d}})
     edges = [{"src": u, "dst": v, **_plain(d)} for u, v, d in ir.graph.edges(data=True)]
     doc = {"format": IR_FORMAT, "version": IR_FORMAT_VERSION, "config": _plain(ir.config),
@@ -62,11 +123,19 @@ def ir_from_json(doc: dict[str, Any], arrays: dict[str, np.ndarray], source: str
             if nd["op"] not in OPS:
                 raise BundleError(f"{source}: node '{nd['id']}' has unknown op '{nd['op']}'")
             params = {}
+            derived = nd.get("derived", [])
             for name in nd["params"]:
-                key = f"{nd['id']}/{name}"
+                if name in derived:
+                    continue
+                key = (nd.get("shared") or {}).get(name, f"{nd['id']}/{name}")
                 if key not in arrays:
                     raise BundleError(f"{source}: array '{key}' is missing from the parameters")
                 params[name] = arrays[key]
+            for name in derived:
+                if name not in DERIVED or not all(k in params for k in DERIVED[name][0]):
+                    raise BundleError(f"{source}: node '{nd['id']}': cannot rebuild '{name}' "
+                                      f"(unknown, or its factors are missing); re-run convert")
+                params[name] = DERIVED[name][1](params, nd["attrs"])
             graph.add_node(nd["id"], op=nd["op"], module=nd["module"], attrs=nd["attrs"],
                            n_out=nd["n_out"], params=params,
                            **{k: nd[k] for k in ("placement", "reason") if k in nd})
@@ -85,9 +154,8 @@ def save_ir(ir: IR, directory: Path, stem: str = "ir") -> list[str]:
     """Write ``<stem>.json`` and ``<stem>_params.npz``; return the file names."""
     doc, arrays = ir_to_json(ir)
     (directory / f"{stem}.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    (directory / f"{stem}_params.npz").write_bytes(buf.getvalue())
+    with open(directory / f"{stem}_params.npz", "wb") as f:  # streamed: no copy in memory
+        np.savez(f, **arrays)
     return [f"{stem}.json", f"{stem}_params.npz"]
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from hw_profiles import HardwareProfile
 
 from .errors import ConversionError
@@ -178,13 +180,62 @@ def _crossings(ir: IR, readout_bits: int) -> list[Crossing]:
     return out
 
 
+def _deployed_parameters(data: dict[str, Any]) -> int:
+    """Values a node holds where it runs: a quantized chip linear its mantissas (not the float
+    weight it was made from), a folded linear not the model matrix it shares (``source_*``)."""
+    params = data["params"]
+    names = [k for k in params if not k.startswith("source_")]
+    if "weight_q" in params:
+        names = [k for k in names if k not in ("weight", "weight_lava")]
+    return int(sum(params[k].size for k in names))
+
+
 def placement_summary(ir: IR) -> dict[str, dict[str, int]]:
-    """Per placement: node count, parameter count and node count per op."""
+    """Per placement: node count, parameter count (as deployed) and node count per op."""
     summary: dict[str, dict[str, Any]] = {}
     for n, data in ir.graph.nodes(data=True):
         p = data.get("placement", "unplaced")
         s = summary.setdefault(p, {"nodes": 0, "parameters": 0, "ops": {}})
         s["nodes"] += 1
-        s["parameters"] += int(sum(v.size for v in data["params"].values()))
+        s["parameters"] += _deployed_parameters(data)
         s["ops"][data["op"]] = s["ops"].get(data["op"], 0) + 1
     return summary
+
+
+CHIP_WEIGHTS_WHY = (
+    "The LayerNorm fold (spec 6.3) turns a linear W (out x in) fed by a token-shift mix into "
+    "[A; B] (2 out x in): A = W diag(mix * gamma) multiplies this token's spike counts of the "
+    "residual stream, B = W diag((1 - mix) * gamma) the same counts for the next token's shift "
+    "(the host keeps B's result for one token). With the Heaviside embedding each folded "
+    "linear also reads the embedding spikes through [A; B] diag(gamma0), a second copy. So a "
+    "model matrix becomes up to 4 chip matrices: 2 for the head (no token shift) and for "
+    "layer 0's attention (no stream spikes yet, only the embedding copy).")
+
+
+def chip_weight_report(ir: IR, model_parameters: int | None = None) -> dict[str, Any]:
+    """The chip's weight matrices per model linear, and why they outnumber the model's weights,
+    so that a user can check the synaptic memory (resources: synapses x weight bits)."""
+    per_linear: dict[str, dict[str, Any]] = {}
+    for n, d in sorted(ir.graph.nodes(data=True)):
+        if d.get("placement", HOST) == HOST or d["op"] not in ("SpikeLinear", "Linear"):
+            continue
+        params = d["params"]
+        w = params.get("weight_q", params.get("weight"))
+        if w is None:
+            continue
+        src = params.get("source_weight")
+        halves = len(params["source_cols"]) if "source_cols" in params else 1
+        model_shape = list(src.shape) if src is not None else [w.shape[0] // halves, w.shape[1]]
+        entry = per_linear.setdefault(d["module"], {"model_shape": model_shape, "matrices": []})
+        entry["matrices"].append({"node": n, "input": d["attrs"].get("source", "graded values"),
+                                  "shape": list(w.shape), "halves": halves,
+                                  "values": int(w.size)})
+    for entry in per_linear.values():
+        entry["model_values"] = int(np.prod(entry["model_shape"]))
+        entry["chip_values"] = sum(m["values"] for m in entry["matrices"])
+        entry["factor"] = entry["chip_values"] / entry["model_values"]
+    chip = sum(e["chip_values"] for e in per_linear.values())
+    model_linears = sum(e["model_values"] for e in per_linear.values())
+    return {"chip_weight_values": chip, "model_values_of_these_linears": model_linears,
+            "model_parameters": model_parameters, "why": CHIP_WEIGHTS_WHY,
+            "per_linear": per_linear}

@@ -5,9 +5,9 @@ without force; a write that fails midway leaves neither output nor temp director
 detection (every file), malformed bundles, and a hypothesis property: random byte corruption of
 manifest.json / ir.json raises only BundleError.
 
-Most tests write with ``emitters=["host_onnx"]``: the bundle mechanics do not depend on which
-emitters run, and the NIR / netx emitters are tested on their own;
-``test_round_trip_with_all_emitters`` runs every emitter.
+A bundle holds no interop files by default (``export_bundle`` writes them from it); the tests
+of atomicity add an emitter (``emitters=[...]``) to fail midway. Storage: chip mantissas at
+their width, every array once, derived arrays rebuilt bit for bit (``test_storage_*``).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from conftest import make_tiny_model
 from spikegpt_deploy import bundle as bundle_mod
 from spikegpt_deploy.api import inspect_bundle
-from spikegpt_deploy.bundle import (BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST, load_bundle,
-                                    verify_bundle, write_bundle)
+from spikegpt_deploy.bundle import (BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST,
+                                    export_bundle, load_bundle, verify_bundle, write_bundle)
 from spikegpt_deploy.checkpoint import file_sha256, save_model
 from spikegpt_deploy.convert import ConvertContext, ConvertOptions, run_pipeline
 from spikegpt_deploy.data import CharTokenizer
@@ -38,7 +38,6 @@ from spikegpt_deploy.partition import placement_summary
 from spikegpt_deploy.passes.quantize import emulator
 
 TOKENIZER = CharTokenizer(list("abcdefghijklmnopqrstuvwxyz .,\n"))
-EMITTERS = ["host_onnx"]
 
 
 def plain(obj: object) -> object:
@@ -74,8 +73,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> ConvertContext:
 @pytest.fixture(scope="module")
 def pristine(converted: ConvertContext, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle written once; tests that change a bundle work on a copy (``fresh``)."""
-    return write_bundle(converted, tmp_path_factory.mktemp("bundles") / "tiny.bundle",
-                        emitters=EMITTERS)
+    return write_bundle(converted, tmp_path_factory.mktemp("bundles") / "tiny.bundle")
 
 
 @pytest.fixture()
@@ -89,7 +87,7 @@ def fresh(pristine: Path, tmp_path: Path) -> Path:
 def test_round_trip(converted: ConvertContext, pristine: Path) -> None:
     manifest = json.loads((pristine / MANIFEST).read_text(encoding="utf-8"))
     assert manifest["format"] == BUNDLE_FORMAT
-    assert manifest["format_version"] == BUNDLE_FORMAT_VERSION == 1
+    assert manifest["format_version"] == BUNDLE_FORMAT_VERSION == 2
     assert manifest["source_model"] == {"file": "model.pt", "format": "spikegpt-deploy",
                                         "sha256": file_sha256(converted.source)}
     assert manifest["config"] == converted.loaded.model.config.to_dict()  # type: ignore[union-attr]
@@ -109,10 +107,9 @@ def test_round_trip(converted: ConvertContext, pristine: Path) -> None:
     assert manifest["resources"]["totals"]["chips"] == 1
     assert manifest["equivalence"] == plain(converted.equivalence)
     assert manifest["equivalence"]["float_ir_spikes_identical"] is True
-    assert set(manifest["emitted"]) == set(EMITTERS)
+    assert manifest["emitted"] == {}
     # Every file but the manifest is listed with its sha256, and nothing else is in the bundle.
-    assert set(manifest["files"]) == {"ir.json", "ir_params.npz", "tokenizer.json", "host.onnx",
-                                      "target.toml"}
+    assert set(manifest["files"]) == {"ir.json", "ir_params.npz", "tokenizer.json", "target.toml"}
     assert manifest["target"]["profile_file"] == "target.toml"
     assert set(listing(pristine)) == set(manifest["files"]) | {MANIFEST}
     for name, digest in manifest["files"].items():
@@ -130,8 +127,9 @@ def test_round_trip(converted: ConvertContext, pristine: Path) -> None:
 
 
 def test_round_trip_with_all_emitters(converted: ConvertContext, tmp_path: Path) -> None:
-    # Needs converters/nir_export.py and converters/netx_export.py (being written concurrently).
-    out = write_bundle(converted, tmp_path / "all.bundle")
+    # Interop files inside the bundle, when a caller asks for them.
+    out = write_bundle(converted, tmp_path / "all.bundle",
+                       emitters=[name for name, _ in bundle_mod.EMITTERS])
     manifest = verify_bundle(out)
     assert set(manifest["emitted"]) == {name for name, _ in bundle_mod.EMITTERS}
     emitted_files = {f for e in manifest["emitted"].values()
@@ -147,9 +145,61 @@ def test_round_trip_with_all_emitters(converted: ConvertContext, tmp_path: Path)
     same_ir(load_bundle(out).ir, converted.ir)  # type: ignore[arg-type]
 
 
+def test_export_every_format(pristine: Path, tmp_path: Path) -> None:
+    before = listing(pristine)
+    onnx_path, info = export_bundle(pristine, "onnx", tmp_path / "h.onnx")
+    assert onnx_path == tmp_path / "h.onnx" and onnx_path.stat().st_size > 0
+    assert info["info"]["path"] == str(onnx_path)
+    nir_path, _ = export_bundle(pristine, "nir", tmp_path / "s.nir")
+    assert nir_path.stat().st_size > 0
+    netx_dir, info = export_bundle(pristine, "netx", tmp_path / "netx")
+    assert sorted(p.name for p in netx_dir.iterdir()) == sorted(info["files"])
+    assert info["files"] and all(f.startswith("chip.") and f.endswith(".net")
+                                 for f in info["files"])
+    with pytest.raises(BundleError, match="already exists"):
+        export_bundle(pristine, "onnx", onnx_path)
+    export_bundle(pristine, "onnx", onnx_path, force=True)
+    with pytest.raises(BundleError, match="--format 'tflite'"):
+        export_bundle(pristine, "tflite", tmp_path / "x")
+    assert listing(pristine) == before  # the bundle itself is not touched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.onnx", "netx", "s.nir"]
+
+
+def test_storage_each_array_once_chip_weights_int8(converted: ConvertContext,
+                                                    pristine: Path) -> None:
+    ir = converted.ir
+    assert ir is not None
+    doc = json.loads((pristine / "ir.json").read_text(encoding="utf-8"))
+    with np.load(pristine / "ir_params.npz", allow_pickle=False) as npz:
+        stored = {k: npz[k] for k in npz.files}
+    nodes = {nd["id"]: nd for nd in doc["nodes"]}
+    spike_linears = [n for n in ir.nodes_of("SpikeLinear")]
+    assert spike_linears
+    for n in spike_linears:
+        assert stored[f"{n}/weight_q"].dtype == np.int8
+        assert f"{n}/weight" not in stored and nodes[n]["derived"] == ["weight"]
+        assert np.array_equal(load_bundle(pristine).ir.node(n)["params"]["weight"],
+                              ir.node(n)["params"]["weight"])
+    # the model's matrix behind a folded linear is stored once for its two chip matrices
+    sources = {id(ir.node(n)["params"]["source_weight"]) for n in spike_linears}
+    assert sum(k.endswith("/source_weight") for k in stored) == len(sources) < len(spike_linears)
+    shared = [nd for nd in nodes.values() if nd.get("shared")]
+    assert shared and all(v in stored for nd in shared for v in nd["shared"].values())
+
+
+def test_storage_keeps_a_weight_that_a_pass_changed(converted: ConvertContext) -> None:
+    ir = converted.ir.copy()  # type: ignore[union-attr]
+    n = next(iter(ir.nodes_of("SpikeLinear")))
+    params = ir.node(n)["params"]
+    params["weight"] = params["weight"] * np.float32(0.5)
+    doc, arrays = ir_to_json(ir)
+    assert f"{n}/weight" in arrays
+    assert "derived" not in next(nd for nd in doc["nodes"] if nd["id"] == n)
+
+
 def test_bundle_is_reproducible(converted: ConvertContext, pristine: Path,
                                 tmp_path: Path) -> None:
-    again = write_bundle(converted, tmp_path / "again.bundle", emitters=EMITTERS)
+    again = write_bundle(converted, tmp_path / "again.bundle")
     assert verify_bundle(again)["files"] == verify_bundle(pristine)["files"]
 
 
@@ -163,16 +213,12 @@ def test_existing_output_without_force_is_left_untouched(converted: ConvertConte
     for out in (other, fresh):
         before = listing(tmp_path)
         with pytest.raises(BundleError, match="already exists.*--force"):
-            write_bundle(converted, out, emitters=EMITTERS)
+            write_bundle(converted, out)
         assert listing(tmp_path) == before
     # With force the directory is replaced by a verified bundle.
-    write_bundle(converted, other, force=True, emitters=EMITTERS)
+    write_bundle(converted, other, force=True)
     assert not (other / "keep.txt").exists()
-    now, then = verify_bundle(other)["files"], verify_bundle(pristine)["files"]
-    assert set(now) == set(then)
-    # host.onnx embeds the path it was written to (see test_bundle_is_reproducible).
-    assert {k: v for k, v in now.items() if k != "host.onnx"} == {
-        k: v for k, v in then.items() if k != "host.onnx"}
+    assert verify_bundle(other)["files"] == verify_bundle(pristine)["files"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.bundle", "not-a-bundle"]
 
 
@@ -216,7 +262,7 @@ def test_failed_forced_write_keeps_the_old_bundle(converted: ConvertContext, fre
 # ---- tampering and malformed bundles ------------------------------------------------------
 def test_tampering_any_file_is_detected_and_named(pristine: Path, tmp_path: Path) -> None:
     names = sorted(verify_bundle(pristine)["files"])
-    assert len(names) == 5
+    assert len(names) == 4
     for i, name in enumerate(names):
         copy = tmp_path / f"t{i}"
         shutil.copytree(pristine, copy)
@@ -236,8 +282,15 @@ def _edit_manifest(root: Path, **changes: object) -> None:
 
 
 def test_other_format_version(fresh: Path) -> None:
-    _edit_manifest(fresh, format_version=2)
-    with pytest.raises(BundleError, match="format version 2.*reads version 1"):
+    _edit_manifest(fresh, format_version=3)
+    with pytest.raises(BundleError, match="format version 3; .*reads version 2: re-run"):
+        load_bundle(fresh)
+
+
+def test_old_format_version(fresh: Path) -> None:
+    _edit_manifest(fresh, format_version=1)
+    with pytest.raises(BundleError, match="format version 1 was written by an older "
+                                          "spikegpt-deploy.*re-run 'spikegpt-deploy convert'"):
         load_bundle(fresh)
 
 

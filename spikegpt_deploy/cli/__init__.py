@@ -14,7 +14,7 @@ import logging
 import click
 
 from ..signals import install_termination_handlers
-from .bundle_commands import convert, inspect, simulate
+from .bundle_commands import convert, export, inspect, simulate
 from .model_commands import evaluate, export_onnx, generate, train
 from .profile_commands import profile, report, targets
 
@@ -28,8 +28,8 @@ def main(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-for _command in (train, evaluate, generate, export_onnx, convert, inspect, simulate, profile,
-                 report, targets):
+for _command in (train, evaluate, generate, export_onnx, convert, inspect, export, simulate,
+                 profile, report, targets):
     main.add_command(_command)
 
 __all__ = ["main"]

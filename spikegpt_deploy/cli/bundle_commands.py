@@ -1,8 +1,9 @@
-"""Commands on deployment bundles: convert, inspect, simulate."""
+"""Commands on deployment bundles: convert, inspect, export, simulate."""
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from typing import Any
 
 import click
@@ -25,7 +26,8 @@ from .common import (echo_json, handle_errors, json_option, model_options, overr
 @click.option("--calibration", default=None,
               help="'kjv' or a text file for calibrating fixed-point ranges (default: seeded "
                    "random tokens).")
-@click.option("--calibration-tokens", default=256, show_default=True, type=int)
+@click.option("--calibration-tokens", default=128, show_default=True, type=int,
+              help="Tokens whose float run sets the fixed-point ranges (the check reuses it).")
 @click.option("--check-tokens", default=128, show_default=True, type=int,
               help="Tokens of the equivalence check (taken from the calibration tokens).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle.")
@@ -108,6 +110,8 @@ def _inspect_lines(info: dict[str, Any]) -> list[str]:
     out.append(f"resources: {totals['cores']} cores, {totals['chips']} chip(s), "
                f"{totals['neurons']:,} neurons, {totals['synapses']:,} synapses, "
                f"{totals['synaptic_memory_bytes']:,} B synaptic memory")
+    if info.get("chip_weights"):
+        out += _chip_weight_lines(info["chip_weights"])
     out.append("quantization (weights, per layer: max / rms error):")
     for name, q in sorted(info["quantization"].items()):
         if "weight_max_abs_error" in q:
@@ -117,6 +121,42 @@ def _inspect_lines(info: dict[str, Any]) -> list[str]:
             out.append(f"  {name:<40} LIF input step 2^-{q['input_scale_bits']} "
                        f"(peak |x| {q['input_peak']:.3g})")
     return out
+
+
+def _chip_weight_lines(cw: dict[str, Any]) -> list[str]:
+    model = cw.get("model_parameters")
+    out = [f"chip weights: {cw['chip_weight_values']:,} values"
+           + (f" for a model of {model:,} parameters" if model else "")
+           + f"; the linears on the chip hold {cw['model_values_of_these_linears']:,} of them "
+           f"in the model"]
+    out += textwrap.wrap(cw["why"], width=96, initial_indent="  ", subsequent_indent="  ")
+    out.append("  model linear (out x in) -> chip matrices (rows x in, from which spikes) = factor:")
+    for module, e in cw["per_linear"].items():
+        mats = " + ".join(f"{m['shape'][0]} x {m['shape'][1]} ({m['input']})"
+                          for m in e["matrices"])
+        shape = " x ".join(str(v) for v in e["model_shape"])
+        out.append(f"    {module:<24} {shape:>11} -> {mats} = {e['factor']:.0f}x")
+    return out
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "nir", "netx"]),
+              help="onnx: the host partition (host.onnx); nir: the spiking partition "
+                   "(spiking.nir); netx: the chip layers lava-dl netx expresses (a folder of "
+                   "chip.<layer>.net files).")
+@click.option("-o", "--out", "out", type=click.Path(), default=None,
+              help="Output file (folder for netx); default: next to the bundle, "
+                   "<bundle>.host.onnx, <bundle>.spiking.nir or <bundle>.netx.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@handle_errors
+def export(bundle: str, fmt: str, out: str | None, force: bool) -> None:
+    """Write BUNDLE in an interop format (ONNX, NIR, lava-dl netx), from the bundle's IR."""
+    from .. import api
+
+    path, info = api.export_bundle(bundle, fmt, out, force)
+    files = info.get("files") or [info.get("file")]
+    click.echo(f"wrote {path}" + (f" ({', '.join(files)})" if fmt == "netx" else ""))
 
 
 @click.command()
