@@ -37,6 +37,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         bundle, manifest = api.convert(model_path, Path(tmp) / "bundle", target="loihi2")
         print("bundle files:", sorted(manifest["files"]))
+        for fmt in ("onnx", "nir"):  # interop files, written from the bundle on demand
+            path, _ = api.export_bundle(bundle, fmt)
+            print(f"exported {fmt}:", repr(path.name))
         print("equivalence:", manifest["equivalence"]["float_ir_spikes_identical"],
               manifest["equivalence"]["quantized_greedy_token_agreement"])
 

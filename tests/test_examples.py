@@ -17,5 +17,6 @@ def test_python_api_example_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "blocks.3.lif2" in out and "greedy continuation:" in out
-    assert "'host.onnx'" in out and "'ir.json'" in out and "'spiking.nir'" in out
+    assert "'ir.json'" in out and "'ir_params.npz'" in out
+    assert "exported onnx: 'bundle.host.onnx'" in out and "exported nir: 'bundle.spiking.nir'" in out
     assert "equivalence: True" in out  # the bundle's float IR reproduces PyTorch's spikes
