@@ -14,7 +14,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import ConversionError, DataError
-from .ir import IR
+from .ir import IR, Port
 from .passes.fold import fold_correction  # kept next to the rewrite it inverts
 
 Array = np.ndarray
@@ -205,6 +205,21 @@ def recurrent_groups(ir: IR) -> list[list[str]]:
                 cond, key=lambda c: min(pos[m] for m in cond.nodes[c]["members"]))]
 
 
+def _shift_only(ir: IR, group: list[str]) -> bool:
+    """A FoldCorrection whose only cycle is its token-shift slot (StateIn as its last input,
+    StateOut of its output 1): the shape ``fold_layernorm`` builds (see ``fold_correction``)."""
+    ops = sorted(ir.node(n)["op"] for n in group)
+    if ops != ["FoldCorrection", "StateIn", "StateOut"]:
+        return False
+    fold, slot_in, slot_out = (next(n for n in group if ir.node(n)["op"] == op)
+                               for op in ("FoldCorrection", "StateIn", "StateOut"))
+    ins = ir.inputs(fold)
+    return (ir.node(fold)["attrs"].get("has_shift") is True and ins[-1].node == slot_in
+            and all(p.node != slot_in for p in ins[:-1])
+            and ir.inputs(slot_out) == [Port(fold, 1)]
+            and ir.consumers(slot_in) == [(fold, len(ins) - 1)])
+
+
 def run_sequence(ex: "Executor", tokens: Array, spikes_of: tuple[str, ...] = ("LIF", "Heaviside"),
                  peaks: bool = False) -> SequenceResult:
     """Run ``ex``'s IR over tokens (B, T) from the zero state, each op once over all tokens.
@@ -270,6 +285,20 @@ def run_sequence(ex: "Executor", tokens: Array, spikes_of: tuple[str, ...] = ("L
                 res = ex.ops[op](data, ins)
             for port, value in enumerate(res):
                 values[(n, port)] = value
+        elif _shift_only(ir, group):
+            # a fold's token shift: output 1 does not read the slot, output 0 adds it last, so
+            # the whole sequence runs at once with the slot's values shifted by one token
+            n, slot_in = (next(m for m in group if ir.node(m)["op"] == op)
+                          for op in ("FoldCorrection", "StateIn"))
+            data = ir.node(n)
+            ins = [values[(p.node, p.port)] for p in ex._inputs[n][:-1]]
+            slot = ir.node(slot_in)["attrs"]["state"]
+            y, nxt = ex.ops["FoldCorrection"](data, ins + [np.zeros_like(
+                np.concatenate([init[slot]] * T))])
+            prev = np.concatenate([init[slot], nxt[: (T - 1) * B]])
+            values[(n, 0)], values[(n, 1)] = (y + prev).astype(F32), nxt
+            values[(slot_in, 0)] = prev
+            state[slot] = nxt[(T - 1) * B:]
         else:
             per_token: dict[tuple[str, int], list[Array]] = {}
             for t in range(T):
