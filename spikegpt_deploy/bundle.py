@@ -134,7 +134,8 @@ def write_bundle(ctx: ConvertContext, out_dir: str | Path, force: bool = False,
 def _write_files(ctx: ConvertContext, tmp: Path, emitters: list[str] | None) -> None:
     """Every bundle file, the manifest last, into the (temporary) directory ``tmp``."""
     assert ctx.ir is not None
-    files = save_ir(ctx.ir, tmp)
+    digests: dict[str, str] = {}
+    files = save_ir(ctx.ir, tmp, digests=digests)
     emitted: dict[str, Any] = {}
     wanted = emitters or []
     unknown = sorted(set(wanted) - {name for name, _ in EMITTERS})
@@ -156,7 +157,7 @@ def _write_files(ctx: ConvertContext, tmp: Path, emitters: list[str] | None) -> 
         (tmp / "tokenizer.json").write_text(json.dumps(ctx.tokenizer.to_dict()), encoding="utf-8")
         files.append("tokenizer.json")
     manifest = _manifest(ctx, emitted)
-    manifest["files"] = {name: _sha256(tmp / name) for name in sorted(files)}
+    manifest["files"] = {name: digests.get(name) or _sha256(tmp / name) for name in sorted(files)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
 
 

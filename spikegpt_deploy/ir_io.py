@@ -15,6 +15,8 @@ Quantized mantissas keep their integer width (int8 for Lava's 2..8-bit weights).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -150,12 +152,44 @@ def ir_from_json(doc: dict[str, Any], arrays: dict[str, np.ndarray], source: str
                           f"re-run convert") from None
 
 
-def save_ir(ir: IR, directory: Path, stem: str = "ir") -> list[str]:
-    """Write ``<stem>.json`` and ``<stem>_params.npz``; return the file names."""
+class _HashingWriter(io.RawIOBase):
+    """A write-only, non-seekable file that hashes what passes through: zipfile then streams
+    (data descriptors instead of seeking back), so the npz is hashed as it is written."""
+
+    def __init__(self, f: Any) -> None:
+        super().__init__()
+        self._f, self._pos, self.sha256 = f, 0, hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        self._f.write(view)
+        self.sha256.update(view)
+        self._pos += view.nbytes
+        return view.nbytes
+
+
+def save_ir(ir: IR, directory: Path, stem: str = "ir",
+            digests: dict[str, str] | None = None) -> list[str]:
+    """Write ``<stem>.json`` and ``<stem>_params.npz``; return the file names (and put their
+    sha256 into ``digests`` when given)."""
     doc, arrays = ir_to_json(ir)
-    (directory / f"{stem}.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    text = json.dumps(doc, indent=1).encode("utf-8")
+    (directory / f"{stem}.json").write_bytes(text)
     with open(directory / f"{stem}_params.npz", "wb") as f:  # streamed: no copy in memory
-        np.savez(f, **arrays)
+        out = _HashingWriter(f)
+        np.savez(out, **arrays)
+    if digests is not None:
+        digests[f"{stem}.json"] = hashlib.sha256(text).hexdigest()
+        digests[f"{stem}_params.npz"] = out.sha256.hexdigest()
     return [f"{stem}.json", f"{stem}_params.npz"]
 
 
