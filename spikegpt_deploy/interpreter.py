@@ -335,7 +335,8 @@ def run_sequence(ex: "Executor", tokens: Array, spikes_of: tuple[str, ...] = ("L
     def batch_first(x: Array) -> Array:
         return np.swapaxes(x.reshape(T, B, *x.shape[1:]), 0, 1)
 
-    spikes = {ir.node(n)["module"]: batch_first(values[(n, 0)]) for n, _ in sorted(keep)}
+    spikes = {ir.node(n)["module"]: batch_first(values[(n, 0)]) for n in ex.order
+              if (n, 0) in keep}
     return SequenceResult(batch_first(outputs["logits"]), spikes, state, found)
 
 
