@@ -402,14 +402,24 @@ def quantize_weights(W: np.ndarray, bits: int = 8, input_scale: float = 1.0) -> 
     step = 2.0 ** exponent / float(input_scale)  # weight units per mantissa unit
     # With a power-of-two step, W / step and m * step are exact in float32 (W's own format), so
     # the mantissas are those of the float64 formula at a quarter of the memory traffic.
-    exact32 = math.frexp(step)[0] == 0.5 and W.dtype == np.float32 and 2.0 ** -126 <= step <= 2.0 ** 100
+    exact32 = (math.frexp(step)[0] == 0.5 and W.dtype == np.float32
+               and 2.0 ** -126 <= step <= 2.0 ** 100)
     mantissa = np.empty(W.shape, np.int8)  # 2..8-bit mantissas, stored at their width
     max_err, sq_err, row = 0.0, 0.0, 0
     for b in blocks:
-        if exact32:
-            m = np.rint(b * np.float32(1.0 / step))
+        if exact32:  # in place, a few passes over one block
+            m = np.multiply(b, np.float32(1.0 / step))
+            np.rint(m, out=m)
             np.clip(m, -qmax, qmax, out=m)
-            err = np.abs(b - m * np.float32(step)).astype(np.float64)
+            mantissa[row:row + b.shape[0]] = m
+            row += b.shape[0]
+            np.multiply(m, np.float32(step), out=m)
+            np.subtract(b, m, out=m)
+            np.abs(m, out=m)
+            if m.size:
+                max_err = max(max_err, float(m.max()))
+                sq_err += float(np.square(m).sum(dtype=np.float64))
+            continue
         else:
             w64 = b.astype(np.float64)
             with np.errstate(over="ignore"):
