@@ -39,7 +39,7 @@ class ConvertOptions:
     weight_bits: int = 8
     graded_bits: int = 8
     calibration: str | None = None      # 'kjv' | text path | None: seeded random tokens
-    calibration_tokens: int = 256
+    calibration_tokens: int = 128     # = check_tokens: one float run serves both
     check_tokens: int = 128
     seed: int = 0
     tokenizer: str | None = None        # tokenizers JSON for a bare .pth

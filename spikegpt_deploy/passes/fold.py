@@ -223,9 +223,12 @@ def _folded_params(source: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray
 def _row_dots(W: np.ndarray, vecs: np.ndarray) -> np.ndarray:
     """W @ vecs.T in float64, in row blocks of W."""
     out = np.empty((W.shape[0], vecs.shape[0]), np.float64)
-    step = max(1, (1 << 22) // max(1, W.shape[1]))
+    step = max(1, (1 << 20) // max(1, W.shape[1]))
+    buf = np.empty((min(step, W.shape[0]), W.shape[1]), np.float64)  # reused, no allocations
     for i in range(0, W.shape[0], step):
-        out[i:i + step] = W[i:i + step].astype(np.float64) @ vecs.T
+        rows = W[i:i + step]
+        np.copyto(buf[:rows.shape[0]], rows)
+        np.dot(buf[:rows.shape[0]], vecs.T, out=out[i:i + rows.shape[0]])
     return out
 
 
