@@ -371,7 +371,7 @@ def export_bundle(path: str | Path, fmt: str, out: str | Path | None = None,
             except DeployError as exc:
                 raise BundleError(f"exporting {root} as {fmt} failed: {exc}") from None
             if fmt == "netx":
-                _swap_in(tmp, target)
+                _swap_in(tmp, target, force)
             else:
                 produced = tmp / info["file"]
                 if target.is_dir():

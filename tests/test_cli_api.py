@@ -75,6 +75,7 @@ def _minimal_args(name: str, f: dict[str, Path]) -> list[str]:
             "export-onnx": ["export-onnx", m, "-o", "x.onnx"],
             "convert": ["convert", m, "-o", "x.bundle"],
             "inspect": ["inspect", b],
+            "export": ["export", b, "--format", "onnx", "-o", "x.onnx"],
             "simulate": ["simulate", b, "--prompt", "a"],
             "profile": ["profile", m, "--data", c],
             "report": ["report", "x.json"],
