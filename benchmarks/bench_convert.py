@@ -163,6 +163,9 @@ def _report(name: str, path: Path, steps: str, bundle_dir: str, goals: bool = Fa
     m_ratio = conv["peak_rss_mb"] / load["peak_rss_mb"]
     print(f"  ratio convert / load : time {t_ratio:.1f}x{_goal('time', goals)}, "
           f"peak memory {m_ratio:.2f}x{_goal('memory', goals)}")
+    if "load" in conv["steps"]:  # the same work in the same process: robust to other jobs
+        print(f"  ratio convert / its own load step ({conv['steps']['load']:.2f} s): "
+              f"{conv['seconds'] / conv['steps']['load']:.1f}x")
     if conv.get("bundle_bytes"):
         ratio = conv["bundle_bytes"] / path.stat().st_size
         print(f"  bundle {conv['bundle_bytes'] / 1e6:.0f} MB / checkpoint "

@@ -92,7 +92,7 @@ def _changed(b: Path, w: Path) -> None:
 
 @_tamper("listed-file-missing", "listed in the manifest but missing")
 def _missing(b: Path, w: Path) -> None:
-    (b / "host.onnx").unlink()
+    (b / "tokenizer.json").unlink()
 
 
 @_tamper("symlink-outside", "outside the bundle")

@@ -77,7 +77,7 @@ def test_convert_writes_a_verified_bundle(workdir: Path, converted: Path) -> Non
     assert manifest["target"]["name"] == "loihi2"
     assert manifest["policy"]["policy"] == "spikes"
     assert manifest["quantization"]["calibration_tokens"] == 64
-    assert set(manifest["files"]) == {"ir.json", "ir_params.npz", "tokenizer.json"}
+    assert set(manifest["files"]) == {"ir.json", "ir_params.npz", "tokenizer.json", "target.toml"}
     assert manifest["equivalence"]["float_ir_spikes_identical"] is True
     bundle = load_bundle(converted)
     assert bundle.tokenizer is not None and bundle.tokenizer.to_dict() == TOKENIZER.to_dict()

@@ -88,7 +88,7 @@ def test_convert_inspect_export_word_level(word_files: tuple[Path, Path, Path],
     source = pth.stat().st_size + tok_path.stat().st_size
     assert size <= BUNDLE_SIZE_GOAL * source, (size, source)
     assert {p.name for p in out.iterdir()} == {"manifest.json", "ir.json", "ir_params.npz",
-                                              "tokenizer.json"}
+                                              "tokenizer.json", "target.toml"}
 
     # the interop files on demand
     onnx_path = tmp_path / "host.onnx"
