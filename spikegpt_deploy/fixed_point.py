@@ -358,12 +358,14 @@ def _raise_exponent_too_large(amax: float) -> None:
         "LIF's input_scale_bits.")
 
 
-def quantize_weights(W: np.ndarray, bits: int = 8, input_scale: float = 1.0) -> QuantizedWeights:
+def quantize_weights(W: np.ndarray, bits: int = 8, input_scale: float = 1.0,
+                     mantissa_dtype: Any = np.int32) -> QuantizedWeights:
     """Quantize W (out, in) to signed ``bits``-bit mantissas and the smallest exponent that fits.
 
     ``input_scale`` is the integer a_in per unit of the float current (``LifMapping.input_scale``
     when the Dense feeds a fixed LIF), so that mantissa * 2**exponent ~= W * input_scale.
-    Rounding is half to even; the errors are reported in W's units.
+    Rounding is half to even; the errors are reported in W's units. ``mantissa_dtype``: np.int8
+    stores the (at most 8-bit) mantissas at their width, a quarter of int32's memory.
     """
     W = np.asarray(W)
     if W.ndim != 2:
@@ -404,7 +406,7 @@ def quantize_weights(W: np.ndarray, bits: int = 8, input_scale: float = 1.0) -> 
     # the mantissas are those of the float64 formula at a quarter of the memory traffic.
     exact32 = (math.frexp(step)[0] == 0.5 and W.dtype == np.float32
                and 2.0 ** -126 <= step <= 2.0 ** 100)
-    mantissa = np.empty(W.shape, np.int8)  # 2..8-bit mantissas, stored at their width
+    mantissa = np.empty(W.shape, mantissa_dtype)
     max_err, sq_err, row = 0.0, 0.0, 0
     for b in blocks:
         if exact32:  # in place, a few passes over one block

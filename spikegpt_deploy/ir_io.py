@@ -86,6 +86,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _narrow(arr: np.ndarray) -> np.ndarray:
+    """Integer arrays (quantized mantissas) at the width their values need: int8 for Lava's
+    2..8-bit weights, whatever dtype a pass kept them in."""
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize > 1 and arr.size:
+        info = np.iinfo(np.int8)
+        if info.min <= int(arr.min()) and int(arr.max()) <= info.max:
+            return arr.astype(np.int8)
+    return arr
+
+
 def ir_to_json(ir: IR) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     nodes, arrays = [], {}
     stored: dict[int, str] = {}  # id(array) -> its key, so that a shared array is stored once
@@ -98,7 +108,7 @@ def ir_to_json(ir: IR) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
                 shared[name] = stored[id(arr)]
             else:
                 stored[id(arr)] = f"{n}/{name}"
-                arrays[f"{n}/{name}"] = np.asarray(arr)
+                arrays[f"{n}/{name}"] = _narrow(np.asarray(arr))
         extra = {"shared": shared} if shared else {}
         if derived:
             extra["derived"] = sorted(derived)

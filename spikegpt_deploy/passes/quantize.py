@@ -76,8 +76,8 @@ def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
                          "input_peak": peaks.get((src.node, src.port), 0.0),
                          "current_step": 2.0 ** -bits}
         elif d["op"] == "SpikeLinear":
-            q = fp.quantize_weights(d["params"]["weight"], weight_bits)
-            d["params"]["weight_q"] = q.mantissa
+            q = fp.quantize_weights(d["params"]["weight"], weight_bits, mantissa_dtype=np.int8)
+            d["params"]["weight_q"] = q.mantissa  # int8: the chip's width, a quarter of int32
             d["attrs"] = {**d["attrs"], "weight_bits": weight_bits, "weight_exp": q.exponent,
                           "weight_scale": q.scale}
             report[n] = {"op": "SpikeLinear", "weight_max_abs_error": q.max_abs_error,
@@ -111,7 +111,7 @@ def _quantize_graded_linear(ir: IR, n: str, peaks: dict, weight_bits: int) -> di
         bits = _scale_bits_for(peaks.get((n, 0), 0.0))
         m = fp.map_lif(bits)
         q = fp.quantize_weights(d["params"]["weight"], weight_bits,
-                                input_scale=m.input_scale * in_step)
+                                input_scale=m.input_scale * in_step, mantissa_dtype=np.int8)
         kw = q.lava_dense_kwargs()
         d["params"]["weight_lava"] = np.asarray(kw["weights"], dtype=np.int32)
         d["attrs"] = {**d["attrs"], "output": "lif_current",
@@ -121,7 +121,7 @@ def _quantize_graded_linear(ir: IR, n: str, peaks: dict, weight_bits: int) -> di
                                  "dv_fixed": m.fixed.dv, "input": "chip_current"}
         entry["lif_input_scale_bits"] = bits
     else:
-        q = fp.quantize_weights(d["params"]["weight"], weight_bits)
+        q = fp.quantize_weights(d["params"]["weight"], weight_bits, mantissa_dtype=np.int8)
         d["attrs"] = {**d["attrs"], "output": "host_readout", "weight_scale": q.scale}
     d["params"]["weight_q"] = q.mantissa
     d["attrs"] = {**d["attrs"], "weight_bits": weight_bits, "weight_exp": q.exponent,
