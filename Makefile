@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml constraints.txt
 # inspect it, simulate it in Lava (float and bit-accurate fixed point), then profile measured
 # spikes and energy per layer and write the HTML report.
 demo: $(STAMP)
+	mkdir -p $(OUT)
 	$(BIN)/spikegpt-deploy evaluate --data kjv --max-tokens 16384
 	$(BIN)/spikegpt-deploy generate --prompt "In the beginning" --tokens 160 --temperature 0.7 --seed 1
 	$(BIN)/spikegpt-deploy convert --target loihi2 --calibration kjv -o $(OUT)/bundle --force
