@@ -72,6 +72,7 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
                   ann_profiles: Sequence[str | Path | HardwareProfile] = DEFAULT_ANN_PROFILES,
                   timesteps: float | None = None, hops: float | None = None,
                   graded_bits: int = 8, sensitivity_factor: float = 2.0,
+                  host_timing: str | Path | HardwareProfile = "cpu",
                   meta: Mapping[str, Any] | None = None) -> ProfileResult:
     """Count and price ``model`` on ``token_ids`` for one or more chip targets.
 
@@ -82,6 +83,7 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
 
     from ..partition import partition
     from ..passes.fold import fold_layernorm
+    from ..resources import map_resources
 
     targets = [profile] if isinstance(profile, (str, Path, HardwareProfile)) else list(profile)
     if not targets:
@@ -114,7 +116,8 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
         counts[chip.name] = done[key]
         host = load_host(chip, str(host_profile) if host_profile is not None else None)
         prices[chip.name] = price_target(done[key], chip, host, timesteps, hops,
-                                         sensitivity_factor)
+                                         sensitivity_factor, resources=map_resources(ir, chip),
+                                         host_timing=_as_profile(host_timing))
     primary = counts[chips[0].name]
     ann = {p.name: price_ann(primary.ann, p) for p in map(_as_profile, ann_profiles)}
     paper = paper_formula(primary, {t: p for t, p in prices.items() if t in counts})
@@ -123,6 +126,7 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
             "host_profile": str(host_profile) if host_profile else None,
             "timesteps": timesteps, "hops": hops, "graded_bits": graded_bits,
             "sensitivity_factor": sensitivity_factor, "recording": "pytorch-rnn",
+            "host_timing": str(getattr(host_timing, "name", host_timing)),
             **dict(meta or {})}
     return ProfileResult(info, counts, prices, ann, paper)
 
@@ -175,8 +179,8 @@ def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
 def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: str = "fixed",
                    *, host_profile: str | None = None, split: str = "valid",
                    timesteps: float | None = None, hops: float | None = None,
-                   sensitivity_factor: float = 2.0, timeout_s: float | None = None
-                   ) -> ProfileResult:
+                   sensitivity_factor: float = 2.0, timeout_s: float | None = None,
+                   host_timing: str | Path | HardwareProfile = "cpu") -> ProfileResult:
     """Profile a deployment bundle from spikes recorded in the Lava simulation.
 
     The bundle's own partitioned, quantized IR is counted with ``count_ops`` on the spikes that
@@ -186,6 +190,7 @@ def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: s
     """
     from ..bundle import bundle_profile, load_bundle
     from ..data import encode_split, load_corpus
+    from ..resources import map_resources
     from ..simulation import simulate
 
     _check_tokens(tokens)
@@ -204,12 +209,15 @@ def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: s
     counts = count_ops(bundle.ir, run.spikes, graded)
     steps = float(run.timesteps_per_token) if timesteps is None else timesteps
     host = load_host(chip, host_profile)
-    prices = {chip.name: price_target(counts, chip, host, steps, hops, sensitivity_factor)}
+    prices = {chip.name: price_target(counts, chip, host, steps, hops, sensitivity_factor,
+                                      resources=map_resources(bundle.ir, chip),
+                                      host_timing=_as_profile(host_timing))}
     ann = {p.name: price_ann(counts.ann, p) for p in map(_as_profile, DEFAULT_ANN_PROFILES)}
     paper = paper_formula(counts, prices)
     info = {"model_config": dict(bundle.ir.config), "tokens": int(len(ids)), "policy": policy,
             "targets": [chip.name], "host_profile": host_profile, "timesteps": steps,
             "hops": hops, "sensitivity_factor": sensitivity_factor,
+            "host_timing": str(getattr(host_timing, "name", host_timing)),
             "recording": f"lava-{precision}", "bundle": str(bundle_path),
             "model": f"{bundle_path} (bundle, Lava {precision})",
             "model_sha256": bundle.manifest["source_model"]["sha256"], "data": data,

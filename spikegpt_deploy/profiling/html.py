@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 from ..outputs import check_output, write_atomic
 from .pricing import PAPER_FIRING_RATE, ProfileResult
-from .report import (fmt_count, fmt_energy, fmt_rate, fmt_ratio, layer_rows, target_rows,
+from .report import (fmt_count, fmt_energy, fmt_rate, fmt_ratio, fmt_time, latency_rows,
+                     latency_terms, layer_rows, target_rows,
                      unsupported_rows)
 
 _STYLE = """
@@ -120,6 +121,16 @@ def render_html(result: ProfileResult) -> str:
           fmt_count(r["synaptic_ops"]), fmt_count(r["host_ops"]), fmt_energy(r["chip_pj"]),
           fmt_energy(r["host_pj"]), fmt_energy(r["io_pj"]), fmt_energy(r["total_pj"])]
          for r in layer_rows(result, target)]))
+    body.append(f"<h2>Latency per token on {e(target)}</h2>")
+    body.append(_table(["term", "time", "what it rests on"],
+                       [[t["term"], fmt_time(t["ns"]), t["how"]] for t in latency_terms(price)]))
+    body.append(_table(
+        ["layer", "slowest core", "bound", "core time", "synapses", "neurons", "messages",
+         "synaptic ops", "neuron updates", "spikes sent"],
+        [[r["layer"], r["critical_core"], r["bound"], fmt_time(r["core_ns"]),
+          fmt_time(r["synapses_ns"]), fmt_time(r["neurons_ns"]), fmt_time(r["messages_ns"]),
+          fmt_count(r["synaptic_ops"]), fmt_count(r["neuron_updates"]), fmt_count(r["messages"])]
+         for r in latency_rows(result, target)], left=3))
     body += ["<h2>Targets compared</h2>", plots[2]]
     body.append(_table(
         ["", "chip dynamic", "chip static", "host", "I/O", "total", "vs ANN 45 nm", "vs GPU"],

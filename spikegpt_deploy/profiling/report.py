@@ -31,6 +31,46 @@ def fmt_energy(pj: float | None) -> str:
     return f"{pj:.3g} pJ"
 
 
+def fmt_time(ns: float | None) -> str:
+    """1234.0 -> '1.23 us'; None -> 'n/a'."""
+    if ns is None or (isinstance(ns, float) and math.isnan(ns)):
+        return "n/a"
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if abs(ns) >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.3g} ns"
+
+
+def latency_terms(price: dict[str, Any]) -> list[dict[str, Any]]:
+    """The token's latency as separate terms (ns), with what each rests on."""
+    lat = price.get("latency") or {}
+    tok, step = lat.get("token") or {}, lat.get("timestep") or {}
+    crit = step.get("critical") or {}
+    how = (f"{tok.get('timesteps', 0):g} timesteps x {fmt_time(tok.get('timestep_ns'))}"
+           + (f"; slowest core {crit['name']} ({crit['bound']}-bound) "
+              f"{fmt_time(crit['time_ns'])} + network {fmt_time(step.get('network_ns'))} + "
+              f"barrier {fmt_time(step.get('barrier_ns'))}" if crit else
+              " (a fixed tick)" if step.get("model") == "fixed" else ""))
+    return [{"term": "chip timesteps", "ns": tok.get("chip_ns"), "how": how},
+            {"term": "host compute", "ns": tok.get("host_ns"),
+             "how": f"host ops per token x time per op on {lat.get('host_timing', '?')}"},
+            {"term": "chip-host transfers", "ns": tok.get("io_ns"),
+             "how": f"{lat.get('io_crossings', 0):g} crossings, "
+                    f"{lat.get('io_bytes', 0):,.0f} B per token"},
+            {"term": "token", "ns": tok.get("total_ns"), "how": "sum of the terms (no overlap)"}]
+
+
+def latency_rows(result: ProfileResult, target: str | None = None) -> list[dict[str, Any]]:
+    """Per layer: its slowest core, what bounds it and its time terms (ns), per token."""
+    step = (result.prices[target or result.primary].get("latency") or {}).get("timestep") or {}
+    return [{"layer": layer, "critical_core": c["name"], "cores_in_node": c["cores"],
+             "bound": c["bound"], "core_ns": c["time_ns"], "synapses_ns": c["synapses_ns"],
+             "neurons_ns": c["neurons_ns"], "messages_ns": c["messages_ns"],
+             "synaptic_ops": c["synaptic_ops"], "neuron_updates": c["neuron_active"]
+             + c["neuron_idle"], "messages": c["messages"]}
+            for layer, c in (step.get("layers") or {}).items()]
+
+
 def fmt_count(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= scale:
@@ -130,8 +170,20 @@ def render_table(result: ProfileResult) -> str:
                      f"{fmt_energy(r['host_pj']):>11}{fmt_energy(r['io_pj']):>11}"
                      f"{fmt_energy(r['total_pj']):>11}")
     pt = price["per_token"]
-    lines += ["", f"static: {fmt_energy(pt['chip_static'])} per token "
-              f"({price['timesteps_per_token']:g} timesteps, {price['mapping']['chips']} chip(s), "
+    lines += ["", f"latency per token on {target} (separate terms):"]
+    lines += [f"  {t['term']:<20}{fmt_time(t['ns']):>10}  {t['how']}"
+              for t in latency_terms(price)]
+    rows = latency_rows(result, target)
+    if rows:
+        head = (f"  {'layer':<10}{'slowest core':<34}{'bound':>9}{'core time':>11}{'syn ops':>9}"
+                f"{'neurons':>9}{'msgs':>8}")
+        lines += [head, "  " + "-" * (len(head) - 2)]
+        lines += [f"  {r['layer']:<10}{r['critical_core'][:33]:<34}{r['bound']:>9}"
+                  f"{fmt_time(r['core_ns']):>11}{fmt_count(r['synaptic_ops']):>9}"
+                  f"{fmt_count(r['neuron_updates']):>9}{fmt_count(r['messages']):>8}"
+                  for r in rows]
+    lines += ["", f"static: {fmt_energy(pt['chip_static'])} per token over the "
+              f"{fmt_time(price.get('latency_ns'))} latency ({price['mapping']['chips']} chip(s), "
               f"{price['mapping']['cores']} core(s), {price['mapping']['hops_per_message']:.2f} "
               f"hops/message)", ""]
     head = f"{'per token':<46}{'total':>11}{'vs ANN 45nm':>13}{'vs GPU':>10}"
@@ -190,6 +242,8 @@ def write_csvs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
     """layers_<target>.csv per priced target, populations.csv, host_ops.csv and targets.csv."""
     out = Path(out_dir)
     paths = [_write_csv(out / f"layers_{t}.csv", layer_rows(result, t)) for t in result.counts]
+    paths += [_write_csv(out / f"latency_{t}.csv", latency_rows(result, t))
+              for t in result.counts if latency_rows(result, t)]
     counts = result.counts[result.primary]
     pops = [{"population": n, "layer": p["layer"], "placement": p["placement"],
              "neurons": p["neurons"], "spikes": p["spikes"], "firing_rate": p["rate"],
