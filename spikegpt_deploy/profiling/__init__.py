@@ -62,6 +62,18 @@ def graded_input_trace(ir: Any, token_ids: np.ndarray) -> dict[str, np.ndarray]:
     return {n: np.stack(v) for n, v in trace.items()}
 
 
+def _mapping(ir: Any, chip: HardwareProfile) -> dict[str, Any] | None:
+    """Cores per chip node (``map_resources``), or None where the profile cannot map them (a
+    missing capacity figure): the work-based timestep is then reported as unsupported."""
+    from ..resources import map_resources
+
+    try:
+        return map_resources(ir, chip)
+    except ProfileError as exc:
+        log.info("no core mapping on %s: %s", chip.name, exc)
+        return None
+
+
 def _placement(ir: Any) -> tuple[tuple[str, bool], ...]:
     return tuple(sorted((n, d["placement"] == "host") for n, d in ir.graph.nodes(data=True)))
 
@@ -83,7 +95,6 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
 
     from ..partition import partition
     from ..passes.fold import fold_layernorm
-    from ..resources import map_resources
 
     targets = [profile] if isinstance(profile, (str, Path, HardwareProfile)) else list(profile)
     if not targets:
@@ -116,7 +127,7 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
         counts[chip.name] = done[key]
         host = load_host(chip, str(host_profile) if host_profile is not None else None)
         prices[chip.name] = price_target(done[key], chip, host, timesteps, hops,
-                                         sensitivity_factor, resources=map_resources(ir, chip),
+                                         sensitivity_factor, resources=_mapping(ir, chip),
                                          host_timing=_as_profile(host_timing))
     primary = counts[chips[0].name]
     ann = {p.name: price_ann(primary.ann, p) for p in map(_as_profile, ann_profiles)}
@@ -190,7 +201,6 @@ def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: s
     """
     from ..bundle import bundle_profile, load_bundle
     from ..data import encode_split, load_corpus
-    from ..resources import map_resources
     from ..simulation import simulate
 
     _check_tokens(tokens)
@@ -210,7 +220,7 @@ def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: s
     steps = float(run.timesteps_per_token) if timesteps is None else timesteps
     host = load_host(chip, host_profile)
     prices = {chip.name: price_target(counts, chip, host, steps, hops, sensitivity_factor,
-                                      resources=map_resources(bundle.ir, chip),
+                                      resources=_mapping(bundle.ir, chip),
                                       host_timing=_as_profile(host_timing))}
     ann = {p.name: price_ann(counts.ann, p) for p in map(_as_profile, DEFAULT_ANN_PROFILES)}
     paper = paper_formula(counts, prices)
