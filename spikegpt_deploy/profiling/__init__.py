@@ -84,9 +84,10 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
                   ann_profiles: Sequence[str | Path | HardwareProfile] = DEFAULT_ANN_PROFILES,
                   timesteps: float | None = None, hops: float | None = None,
                   graded_bits: int = 8, sensitivity_factor: float = 2.0,
-                  host_timing: str | Path | HardwareProfile = "cpu",
+                  host_timing: str | Path | HardwareProfile = "cpu", neurobench: bool = False,
                   meta: Mapping[str, Any] | None = None) -> ProfileResult:
-    """Count and price ``model`` on ``token_ids`` for one or more chip targets.
+    """Count and price ``model`` on ``token_ids`` for one or more chip targets; with
+    ``neurobench``, NeuroBench's metrics on the same tokens beside the first target's counts.
 
     The IR is partitioned for every target (a target that cannot run the model is reported as
     unsupported with the partitioner's reason); targets with the same placement share one count.
@@ -100,6 +101,9 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
     if not targets:
         raise ProfileError("no chip target given; pass at least one (e.g. loihi2)")
     chips = [_as_profile(t) for t in targets]
+    if neurobench:   # fail before the work when the optional extra is missing
+        from .neurobench_metrics import require_neurobench
+        require_neurobench()
     ids = np.asarray(check_token_ids(token_ids, model.config.vocab_size, "token_ids"),
                      dtype=np.int64)
     folded = fold_layernorm(capture_ir(model))
@@ -108,6 +112,7 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
     counts: dict[str, OpCounts] = {}
     prices: dict[str, dict[str, Any]] = {}
     done: dict[tuple[tuple[str, bool], ...], OpCounts] = {}
+    compared: dict[str, Any] | None = None
     for i, chip in enumerate(chips):
         try:
             ir = partition(folded, chip, policy, graded_bits)
@@ -126,9 +131,14 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
             done[key] = count_ops(ir, spikes, graded)
         counts[chip.name] = done[key]
         host = load_host(chip, str(host_profile) if host_profile is not None else None)
+        resources = _mapping(ir, chip)
         prices[chip.name] = price_target(done[key], chip, host, timesteps, hops,
-                                         sensitivity_factor, resources=_mapping(ir, chip),
+                                         sensitivity_factor, resources=resources,
                                          host_timing=_as_profile(host_timing))
+        if neurobench and compared is None:
+            from .neurobench_metrics import neurobench_compare
+            log.info("running NeuroBench's metrics on %d tokens", len(ids))
+            compared = neurobench_compare(model, ids, ir, done[key], spikes, resources)
     primary = counts[chips[0].name]
     ann = {p.name: price_ann(primary.ann, p) for p in map(_as_profile, ann_profiles)}
     paper = paper_formula(primary, {t: p for t, p in prices.items() if t in counts})
@@ -139,7 +149,7 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
             "sensitivity_factor": sensitivity_factor, "recording": "pytorch-rnn",
             "host_timing": str(getattr(host_timing, "name", host_timing)),
             **dict(meta or {})}
-    return ProfileResult(info, counts, prices, ann, paper)
+    return ProfileResult(info, counts, prices, ann, paper, neurobench=compared)
 
 
 def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,

@@ -98,6 +98,27 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], left: int = 1)
     return "\n".join(parts) + "</table>"
 
 
+def _neurobench_html(nb: dict[str, Any]) -> list[str]:
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:,.4g}"
+
+    return [f"<h2>NeuroBench's metrics beside ours ({nb['tokens']} tokens, per token)</h2>",
+            _table(["layer", "placement", "NeuroBench class", "NeuroBench effective",
+                    "NeuroBench dense", "ours", "NeuroBench on the chip linears",
+                    "footprint NB (B)", "footprint ours (B)", "conn. sparsity NB",
+                    "conn. sparsity ours", "why they differ"],
+                   [[r["layer"], r["placement"], r["neurobench_class"],
+                     num(r["neurobench_effective"]), num(r["neurobench_dense"]), num(r["ours"]),
+                     num(r["neurobench_on_chip_linears"]), num(r["footprint_neurobench_b"]),
+                     num(r["footprint_ours_b"]), num(r["connection_sparsity_neurobench"]),
+                     num(r["connection_sparsity_ours"]), r["reason"]] for r in nb["layers"]],
+                   left=3),
+            _table(["population", "NeuroBench ActivationSparsity", "ours (1 - rate)"],
+                   [[p["population"], num(p["activation_sparsity_neurobench"]),
+                     num(p["activation_sparsity_ours"])] for p in nb["populations"]]),
+            "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in nb["differences"]) + "</ul>"]
+
+
 def render_html(result: ProfileResult) -> str:
     """The report as one HTML string (see the module docstring)."""
     m, target = result.meta, result.primary
@@ -152,6 +173,8 @@ def render_html(result: ProfileResult) -> str:
         ["all firing rates", fmt_energy(s["firing_rate_x"]), fmt_energy(s["firing_rate_div"])],
         ["proxy figures", fmt_energy(s["proxy_x"]), fmt_energy(s["proxy_div"])],
         ["estimate figures", fmt_energy(s["estimate_x"]), fmt_energy(s["estimate_div"])]]))
+    if result.neurobench is not None:
+        body += _neurobench_html(result.neurobench)
     unsupported = unsupported_rows(result)
     body.append("<h2>Unsupported (not priced, never zero)</h2>")
     body.append(_table(["where", "what", "key", "reason"],

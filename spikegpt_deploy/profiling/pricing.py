@@ -365,6 +365,7 @@ class ProfileResult:
     paper: dict[str, Any]
     format: str = "spikegpt-deploy-profile/1"
     notes: list[str] = field(default_factory=list)
+    neurobench: dict[str, Any] | None = None   # neurobench_compare, when asked for
 
     @property
     def primary(self) -> str:
@@ -378,7 +379,8 @@ class ProfileResult:
             counts[target] = {"same_as": seen[id(c)]} if id(c) in seen else c.to_dict()
             seen.setdefault(id(c), target)
         return {"format": self.format, "meta": self.meta, "counts": counts,
-                "prices": self.prices, "ann": self.ann, "paper": self.paper, "notes": self.notes}
+                "prices": self.prices, "ann": self.ann, "paper": self.paper, "notes": self.notes,
+                **({"neurobench": self.neurobench} if self.neurobench is not None else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "profile.json") -> "ProfileResult":
@@ -390,6 +392,7 @@ class ProfileResult:
             for target, c in data["counts"].items():
                 counts[target] = counts[c["same_as"]] if "same_as" in c else OpCounts.from_dict(c)
             return cls(dict(data["meta"]), counts, dict(data["prices"]), dict(data["ann"]),
-                       dict(data["paper"]), notes=list(data.get("notes", [])))
+                       dict(data["paper"]), notes=list(data.get("notes", [])),
+                       neurobench=data.get("neurobench"))
         except (KeyError, TypeError) as exc:
             raise DataError(f"{source}: malformed profile ({type(exc).__name__}: {exc})") from None

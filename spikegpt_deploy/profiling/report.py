@@ -209,6 +209,8 @@ def render_table(result: ProfileResult) -> str:
     if unsupported:
         lines += ["", "unsupported (not priced, never counted as zero):"]
         lines += [f"  {t}: {u.get('what', '')}: {u.get('reason', '')}" for t, u in unsupported]
+    if result.neurobench is not None:
+        lines += ["", render_neurobench(result.neurobench)]
     return "\n".join(lines)
 
 
@@ -255,6 +257,10 @@ def write_csvs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
             for layer in counts.layers]
     paths.append(_write_csv(out / "host_ops.csv", host))
     paths.append(_write_csv(out / "targets.csv", target_rows(result)))
+    if result.neurobench is not None:
+        paths.append(_write_csv(out / "neurobench_layers.csv", result.neurobench["layers"]))
+        paths.append(_write_csv(out / "neurobench_populations.csv",
+                                result.neurobench["populations"]))
     return paths
 
 
@@ -263,3 +269,38 @@ def write_outputs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
     exist), each file written atomically."""
     with output_folder(out_dir, "-o/--out") as out:
         return [write_json(result, out / "profile.json"), *write_csvs(result, out)]
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}g}" if abs(v) < 1e3 else fmt_count(v)
+
+
+def render_neurobench(nb: dict[str, Any]) -> str:
+    """NeuroBench's metrics beside ours: one row per linear layer, then the populations."""
+    w = nb["whole_model"]
+    syn = nb["synaptic_operations"]["value"] or {}
+    lines = [f"NeuroBench 2.3 metrics on the PyTorch model, {nb['tokens']} tokens, per token "
+             f"(ours beside):",
+             f"  whole model: Footprint {_fmt(w['Footprint']['value'])} B, ConnectionSparsity "
+             f"{_fmt(w['ConnectionSparsity']['value'])}, ActivationSparsity "
+             f"{_fmt(w['ActivationSparsity']['value'])} ({w['activation_hooks']['value']} "
+             f"activation modules found), SynapticOperations: Effective_MACs "
+             f"{_fmt(syn.get('Effective_MACs'))}, Effective_ACs {_fmt(syn.get('Effective_ACs'))}, "
+             f"Dense {_fmt(syn.get('Dense'))}", ""]
+    head = (f"  {'layer':<24}{'place':>6}{'NB class':>9}{'NB eff':>9}{'NB dense':>9}{'ours':>9}"
+            f"{'NB chip':>9}{'NB fp B':>9}{'our fp B':>9}{'NB csp':>8}{'our csp':>8}")
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    for r in nb["layers"]:
+        lines.append(
+            f"  {r['layer'][:23]:<24}{r['placement']:>6}{r['neurobench_class']:>9}"
+            f"{_fmt(r['neurobench_effective']):>9}{_fmt(r['neurobench_dense']):>9}"
+            f"{_fmt(r['ours']):>9}{_fmt(r['neurobench_on_chip_linears']):>9}"
+            f"{_fmt(r['footprint_neurobench_b']):>9}{_fmt(r['footprint_ours_b']):>9}"
+            f"{_fmt(r['connection_sparsity_neurobench']):>8}"
+            f"{_fmt(r['connection_sparsity_ours']):>8}")
+        lines.append(f"      {r['reason']}")
+    lines += ["", f"  {'population':<16}{'NB ActivationSparsity':>23}{'ours (1 - rate)':>17}"]
+    lines += [f"  {p['population']:<16}{_fmt(p['activation_sparsity_neurobench'], 4):>23}"
+              f"{_fmt(p['activation_sparsity_ours'], 4):>17}" for p in nb["populations"]]
+    lines += ["", "  differences:"] + [f"  - {d}" for d in nb["differences"]]
+    return "\n".join(lines)
