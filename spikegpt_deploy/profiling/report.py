@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..outputs import output_folder, write_atomic
+from .counts import layer_rank
 from .pricing import PAPER_FIRING_RATE, ProfileResult
 
 LAYER_COLUMNS = ("layer", "rate_emb", "rate_lif1", "rate_lif2", "synaptic_ops", "host_ops",
@@ -68,7 +69,8 @@ def latency_rows(result: ProfileResult, target: str | None = None) -> list[dict[
              "neurons_ns": c["neurons_ns"], "messages_ns": c["messages_ns"],
              "synaptic_ops": c["synaptic_ops"], "neuron_updates": c["neuron_active"]
              + c["neuron_idle"], "messages": c["messages"]}
-            for layer, c in (step.get("layers") or {}).items()]
+            for layer, c in sorted((step.get("layers") or {}).items(),
+                                   key=lambda kv: layer_rank(kv[0]))]
 
 
 def fmt_count(n: float) -> str:
