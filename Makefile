@@ -31,7 +31,7 @@ demo: $(STAMP)
 	$(BIN)/spikegpt-deploy inspect $(OUT)/bundle
 	$(BIN)/spikegpt-deploy simulate $(OUT)/bundle --prompt "In the beginning" --tokens $(TOKENS) --precision float --temperature 0
 	$(BIN)/spikegpt-deploy simulate $(OUT)/bundle --prompt "In the beginning" --tokens $(TOKENS) --precision fixed --temperature 0
-	$(BIN)/spikegpt-deploy profile --data kjv --tokens 512 --target loihi2 --target loihi --target spinnaker2 -o $(OUT)/profile
+	$(BIN)/spikegpt-deploy profile --data kjv --tokens 512 --target loihi2 --target loihi --target spinnaker2 --neurobench -o $(OUT)/profile
 	$(BIN)/spikegpt-deploy report $(OUT)/profile/profile.json --html $(OUT)/profile/report.html
 
 test: $(STAMP)

@@ -43,7 +43,7 @@ SOURCE = ("max-affine form of Timcheck, Pierro & Shrestha, arXiv 2601.10035 (202
 
 @dataclass(frozen=True)
 class CoreTime:
-    """One core's mean work per token and its time terms (ns); ``core`` counts from 0 in its node."""
+    """One core's mean work per token and its time terms (ns); ``core`` counts from 0."""
 
     node: str
     layer: str
@@ -128,7 +128,9 @@ class TokenLatency:
     @property
     def total_ns(self) -> float | None:
         parts = (self.chip_ns, self.host_ns, self.io_ns)
-        return None if any(p is None for p in parts) else float(sum(parts))  # type: ignore[arg-type]
+        if any(p is None for p in parts):
+            return None
+        return float(sum(parts))  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return {"timesteps": self.timesteps, "timestep_ns": self.timestep_ns,

@@ -66,6 +66,17 @@ def _safe(fn: Callable[[], Any]) -> tuple[Any, str]:
         return None, f"raised {type(exc).__name__}: {exc}"
 
 
+def _batch_inputs(hook: Any) -> None:
+    """Stack a hook's per-token inputs into two calls: the tokens whose inputs are all in
+    {-1, 0, 1} and the rest. NeuroBench's count is linear in the rows of a call and classes a
+    whole call as ACs or MACs, so the figures are those of the per-token calls, much faster."""
+    if not hook.inputs:
+        return
+    x = torch.cat([inp[0].reshape(1, -1) for inp in hook.inputs])
+    spiking = ((x == 0) | (x == 1) | (x == -1)).all(dim=1)
+    hook.inputs[:] = [(rows,) for rows in (x[spiking], x[~spiking]) if len(rows)]
+
+
 def _synops(nb: dict[str, Any], hooks: list[Any], tokens: int) -> dict[str, float]:
     metric = nb["SynOps"]()
     out = metric(_HookView(hooks), None, (torch.zeros(tokens),))
@@ -103,9 +114,14 @@ def _chip_linear_synops(nb: dict[str, Any], ir: Any, counts: Any,
             lin.weight.copy_(W)
         view = nb["TorchModel"](nn.Sequential(lin))
         view.register_hooks()
+        # NeuroBench's count is linear in the rows of a call, and it classes a whole call as ACs
+        # or MACs: one call with the tokens whose inputs are all in {-1,0,1}, one with the rest,
+        # gives the per-token calls' figures at a fraction of the time.
+        spiking = np.isin(x, (-1.0, 0.0, 1.0)).all(axis=1)
         with torch.no_grad():
-            for t in range(x.shape[0]):
-                lin(torch.from_numpy(x[t:t + 1]))
+            for rows in (x[spiking], x[~spiking]):
+                if len(rows):
+                    lin(torch.from_numpy(np.ascontiguousarray(rows)))
         ops = _synops(nb, view.connection_hooks, x.shape[0])
         view.cleanup_hooks()
         row["macs"] += ops["Effective_MACs"]
@@ -146,6 +162,8 @@ def neurobench_compare(model: Any, token_ids: Any, ir: Any, counts: Any,
             for t in range(T):
                 _, state = model.step(ids[t:t + 1], state)
         linears = {id(m): name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+        for hook in wrapped.connection_hooks:
+            _batch_inputs(hook)
         act, act_err = _safe(lambda: float(nb["ActivationSparsity"]()(wrapped, None, (ids,))))
         whole = {"Footprint": _safe(lambda: float(nb["Footprint"]()(wrapped))),
                  "ConnectionSparsity": _safe(lambda: float(nb["ConnectionSparsity"]()(wrapped))),
