@@ -86,21 +86,26 @@ def _plots(result: ProfileResult) -> list[str]:
     return out
 
 
-def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], left: int = 1) -> str:
+def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], left: int = 1,
+           left_last: bool = False) -> str:
+    """An HTML table; the first ``left`` columns (and the last, with ``left_last``) align left."""
     hs = list(headers)
+
+    def cls(i: int) -> str:
+        return "l" if i < left or (left_last and i == len(hs) - 1) else ""
+
     parts = ["<table><tr>" + "".join(
-        f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(hs))
-        + "</tr>"]
+        f'<th class="{cls(i)}">{html.escape(h)}</th>' for i, h in enumerate(hs)) + "</tr>"]
     for row in rows:
         parts.append("<tr>" + "".join(
-            f'<td class="{"l" if i < left else ""}">{html.escape(str(v))}</td>'
+            f'<td class="{cls(i)}">{html.escape(str(v))}</td>'
             for i, v in enumerate(row)) + "</tr>")
     return "\n".join(parts) + "</table>"
 
 
 def _neurobench_html(nb: dict[str, Any]) -> list[str]:
     def num(v: Any) -> str:
-        return "n/a" if v is None else f"{v:,.4g}"
+        return "n/a" if v is None else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
     return [f"<h2>NeuroBench's metrics beside ours ({nb['tokens']} tokens, per token)</h2>",
             _table(["layer", "placement", "NeuroBench class", "NeuroBench effective",
@@ -112,7 +117,7 @@ def _neurobench_html(nb: dict[str, Any]) -> list[str]:
                      num(r["neurobench_on_chip_linears"]), num(r["footprint_neurobench_b"]),
                      num(r["footprint_ours_b"]), num(r["connection_sparsity_neurobench"]),
                      num(r["connection_sparsity_ours"]), r["reason"]] for r in nb["layers"]],
-                   left=3),
+                   left=3, left_last=True),
             _table(["population", "NeuroBench ActivationSparsity", "ours (1 - rate)"],
                    [[p["population"], num(p["activation_sparsity_neurobench"]),
                      num(p["activation_sparsity_ours"])] for p in nb["populations"]]),
@@ -144,7 +149,8 @@ def render_html(result: ProfileResult) -> str:
          for r in layer_rows(result, target)]))
     body.append(f"<h2>Latency per token on {e(target)}</h2>")
     body.append(_table(["term", "time", "what it rests on"],
-                       [[t["term"], fmt_time(t["ns"]), t["how"]] for t in latency_terms(price)]))
+                       [[t["term"], fmt_time(t["ns"]), t["how"]] for t in latency_terms(price)],
+                       left_last=True))
     body.append(_table(
         ["layer", "slowest core", "bound", "core time", "synapses", "neurons", "messages",
          "synaptic ops", "neuron updates", "spikes sent"],
