@@ -18,11 +18,12 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
 - host = sum over kinds of count x E_host[kind] (``lookup_byte`` priced as ``memory_byte``)
 - I/O = chip-host bytes x E[chip_io_byte]
 
-Hop assumption: the chip part is placed on ``cores`` cores (the larger of neurons /
-neurons_per_core and synapse bits / synaptic_memory_per_core at weight_bits_max, from the
-figures the profile has), laid out as a square mesh; a message travels the mean Manhattan
-distance between two random cores of that mesh, 2 (s^2 - 1) / (3 s) hops for side s (0 for one
-core). Past one chip, inter-chip links are priced as on-chip hops (a stated lower bound).
+Hop assumption: the chip part is placed on the mapping's cores (``resources.map_resources``
+when given, else the larger of neurons / neurons_per_core and synapse bits /
+synaptic_memory_per_core at weight_bits_max), laid out as a square mesh per chip; a message
+travels the mean Manhattan distance between two random cores of that mesh, 2 (s^2 - 1) / (3 s)
+hops for side s (0 for one core). Past one chip, the energy prices inter-chip links as on-chip
+hops (a stated lower bound); the timestep adds the mean distance between chips.
 
 The ANN baseline prices ``ann_op_counts`` on a host or ann profile (cmos45nm, gpu). The paper's
 formula is shown beside: E_ANN = MACs x E_MAC, E_SNN = 0.15 x MACs x E_AC with E_MAC =
@@ -42,6 +43,7 @@ from hw_profiles import load_profile as _load_profile
 from ..errors import DataError, ProfileError
 from .counts import OpCounts
 from .latency import (WORK_TIMES, core_times, fixed_timestep, host_time_ns, io_time_ns,
+                      mean_mesh_distance,
                       timestep_latency, token_latency)
 
 PAPER_FIRING_RATE = 0.15
@@ -241,8 +243,11 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
     cores = None
     if resources is not None:
         cores = {r["node"]: int(r["cores"]) for r in resources["layers"]}
-        mapping.update(cores=int(resources["totals"]["cores"]),
-                       chips=max(1, int(resources["totals"]["chips"])), mapped=True)
+        total = int(resources["totals"]["cores"])
+        on_chip = min(total, int(resources["totals"].get("cores_per_chip") or total))
+        mapping.update(cores=total, chips=max(1, int(resources["totals"]["chips"])),
+                       mesh_side=math.ceil(math.sqrt(max(on_chip, 1))),
+                       hops_per_message=mean_mesh_distance(on_chip), mapped=True)
     steps = float(counts.pipeline["lava_timesteps"] if timesteps is None else timesteps)
     hop = float(mapping["hops_per_message"] if hops is None else hops)
     if steps < 0 or hop < 0 or sensitivity_factor <= 0:
