@@ -227,6 +227,8 @@ def profile(model: str | Path | None, data: str = "kjv", n_tokens: int = 256, *,
     (checked first) profile.json and the CSV tables are written there. ``host_timing`` names the
     profile whose [timing] gives the host's time per op; ``neurobench`` (model files) adds
     NeuroBench's metrics on the same tokens. Returns the ``ProfileResult`` and the paths."""
+    from hw_profiles import load_profile
+
     from .profiling import profile_bundle, profile_checkpoint
     from .profiling.report import write_outputs
 
@@ -237,6 +239,7 @@ def profile(model: str | Path | None, data: str = "kjv", n_tokens: int = 256, *,
     check_real(sensitivity_factor, "--sensitivity-factor", 1.0, above=True)
     if out_dir is not None:
         check_output(out_dir, "-o/--out", folder=True)
+    load_profile(host_timing)   # a bad --host-timing fails before the work
     if model is not None and Path(model).is_dir():
         if user_profiles or tuple(targets) != ("loihi2",) or policy != "spikes" or neurobench:
             raise DataError("a bundle is profiled on the target and policy it was converted "

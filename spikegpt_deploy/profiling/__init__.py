@@ -101,6 +101,7 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
     if not targets:
         raise ProfileError("no chip target given; pass at least one (e.g. loihi2)")
     chips = [_as_profile(t) for t in targets]
+    host_timing = _as_profile(host_timing)   # a bad name fails before the work
     if neurobench:   # fail before the work when the optional extra is missing
         from .neurobench_metrics import require_neurobench
         require_neurobench()
