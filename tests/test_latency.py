@@ -14,7 +14,7 @@ from spikegpt_deploy.cli import main
 from spikegpt_deploy.ir import IR, Port
 from spikegpt_deploy.partition import partition
 from spikegpt_deploy.profiling import count_ops, price_target
-from spikegpt_deploy.profiling.latency import core_times, token_latency
+from spikegpt_deploy.profiling.latency import core_times, token_latency, token_latency_for
 from spikegpt_deploy.resources import map_resources
 
 SHIPPED = Path(__file__).resolve().parent.parent / "examples" / "spikegpt-kjv-4x128.pt"
@@ -125,8 +125,11 @@ def test_token_latency_terms_and_static_energy() -> None:
     chip = load_profile("loihi2")
     assert price["per_token"]["chip_static"] == pytest.approx(
         price["mapping"]["chips"] * chip.power_mw("static_power") * tok["total_ns"])
-    # the same timestep priced for another schedule
+    # the same timestep priced for another schedule (e.g. one timestep per prompt token)
     assert token_latency(1, tok["timestep_ns"], 0.0, 0.0).total_ns == tok["timestep_ns"]
+    one = token_latency_for(price["latency"], 1)
+    assert one.chip_ns == tok["timestep_ns"] and one.host_ns == tok["host_ns"]
+    assert one.total_ns == pytest.approx(tok["total_ns"] - 6 * tok["timestep_ns"])
     with pytest.raises(ValueError):
         token_latency(-1, 1.0, 0.0, 0.0)
 

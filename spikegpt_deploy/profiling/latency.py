@@ -212,3 +212,10 @@ def token_latency(timesteps: float, timestep_ns: float | None, host_ns: float | 
     if timesteps < 0:
         raise ValueError(f"timesteps must be >= 0, got {timesteps}")
     return TokenLatency(float(timesteps), timestep_ns, host_ns, io_ns)
+
+
+def token_latency_for(latency: Mapping[str, Any], timesteps: float) -> TokenLatency:
+    """A priced target's token latency (``price_target(...)['latency']``) for another number of
+    chip timesteps per token, e.g. a prompt pipelined at one timestep per token."""
+    tok = latency["token"]
+    return token_latency(timesteps, tok["timestep_ns"], tok["host_ns"], tok["io_ns"])
