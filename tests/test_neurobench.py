@@ -130,3 +130,16 @@ def test_shipped_model_neurobench_table(tmp_path) -> None:
         if r["placement"] == "chip":
             assert r["neurobench_on_chip_linears"] == pytest.approx(r["ours"], rel=1e-9)
     assert "blocks.3.ffn.key" in res.output and "NB ActivationSparsity" in res.output
+
+
+def test_graded_chip_linears_equal_neurobench_on_the_model(pruned) -> None:
+    """Under policy graded att.output and ffn.value run on the chip on the same float values
+    the PyTorch layer reads: our count equals NeuroBench's effective count on the model."""
+    ids = np.random.RandomState(1).randint(0, pruned.config.vocab_size, 10)
+    rows = profile_model(pruned, ids, "loihi2", policy="graded", neurobench=True
+                         ).neurobench["layers"]
+    graded = [r for r in rows if r["layer"].endswith(("att.output", "ffn.value"))]
+    assert len(graded) == 4 and all(r["placement"] == "chip" for r in graded)
+    for r in graded:
+        assert r["ours"] == pytest.approx(r["neurobench_effective"], rel=1e-9), r
+        assert r["reason"].startswith("equal")

@@ -138,12 +138,20 @@ def _reason(module: str, chip: dict[str, Any] | None, ours: float, nb_eff: float
         return (f"the host computes every MAC (ours = NeuroBench's Dense {nb_dense:,.0f}); "
                 f"NeuroBench's effective {nb_class} skip zero inputs (e.g. ReLU^2 zeros) and "
                 f"zero weights")
+    if chip["skipped"] and len(chip["skipped"]) == chip["nodes"]:   # graded, from the host
+        same = abs(ours - nb_eff) <= 1e-6 * max(ours, 1)
+        return ("equal: the chip reads the same graded values as the PyTorch layer" if same
+                else f"the chip reads the graded values of the IR's own run (ours {ours:,.1f}), "
+                     f"NeuroBench PyTorch's ({nb_eff:,.1f} {nb_class}): a value that is zero in "
+                     f"one and not the other")
     return (f"NeuroBench sees {module}'s float input (from a LayerNorm, not in {{-1,0,1}}: "
             f"{nb_class}); the chip runs the fold: {chip['nodes']} linear(s) on the spike counts "
             f"of the residual stream and the embedding spikes. NeuroBench on those chip "
             f"linears: {chip['acs']:,.1f} ACs + {chip['macs']:,.1f} MACs per token"
             + (" = ours" if abs(chip["effective"] - ours) <= 1e-6 * max(ours, 1) else
-               f" (ours {ours:,.1f})"))
+               f" (ours {ours:,.1f})")
+            + (f"; not compared: {', '.join(chip['skipped'])} (graded inputs from the host, "
+               f"whose values are not recorded)" if chip["skipped"] else ""))
 
 
 def neurobench_compare(model: Any, token_ids: Any, ir: Any, counts: Any,
