@@ -43,8 +43,7 @@ from hw_profiles import load_profile as _load_profile
 from ..errors import DataError, ProfileError
 from .counts import OpCounts
 from .latency import (WORK_TIMES, core_times, fixed_timestep, host_time_ns, io_time_ns,
-                      mean_mesh_distance,
-                      timestep_latency, token_latency)
+                      mean_mesh_distance, timestep_latency, token_latency)
 
 PAPER_FIRING_RATE = 0.15
 PAPER_PROFILE = "cmos45nm"
