@@ -41,6 +41,7 @@ def main() -> None:
                            meta={"model": "random 216M shape (18 x 768, vocab 50277)",
                                  "data": f"{args.tokens} random tokens", "split": "-"})
     print(render_table(result))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     path = write_json(result, Path(args.out) / "profile.json")
     print(f"\nwrote {path} ({time.perf_counter() - start:.0f} s)")
 
