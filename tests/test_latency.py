@@ -148,7 +148,6 @@ def test_missing_timing_figure_is_unsupported_not_zero(tmp_path: Path) -> None:
     assert any("barrier_sync" in u["key"] for u in price["unsupported"])
 
 
-@pytest.mark.skipif(not Path("/usr/bin/bible").exists(), reason="needs bible-kjv")
 def test_shipped_model_profile_shows_the_latency_terms(tmp_path: Path) -> None:
     out = tmp_path / "prof"
     res = CliRunner().invoke(main, ["profile", str(SHIPPED), "--data", "kjv", "--tokens", "32",

@@ -116,7 +116,6 @@ def test_neurobench_is_imported_only_when_asked_for() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-@pytest.mark.skipif(not Path("/usr/bin/bible").exists(), reason="needs bible-kjv")
 def test_shipped_model_neurobench_table(tmp_path) -> None:
     res = CliRunner().invoke(main, ["profile", str(ROOT / "examples" / "spikegpt-kjv-4x128.pt"),
                                     "--data", "kjv", "--tokens", "16", "--neurobench",
