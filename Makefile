@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON310)" || { echo "no Python 3.10: see the message above"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON310) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=70" wheel
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,neurobench]'
 	touch $(STAMP)
 
 # The main job on the shipped default model: evaluate, generate, convert to a Loihi 2 bundle,
@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(BIN)/spikegpt-deploy inspect $(OUT)/bundle
 	$(BIN)/spikegpt-deploy simulate $(OUT)/bundle --prompt "In the beginning" --tokens $(TOKENS) --precision float --temperature 0
 	$(BIN)/spikegpt-deploy simulate $(OUT)/bundle --prompt "In the beginning" --tokens $(TOKENS) --precision fixed --temperature 0
-	$(BIN)/spikegpt-deploy profile --data kjv --tokens 512 --target loihi2 --target loihi --target spinnaker2 -o $(OUT)/profile
+	$(BIN)/spikegpt-deploy profile --data kjv --tokens 512 --target loihi2 --target loihi --target spinnaker2 --neurobench -o $(OUT)/profile
 	$(BIN)/spikegpt-deploy report $(OUT)/profile/profile.json --html $(OUT)/profile/report.html
 
 test: $(STAMP)

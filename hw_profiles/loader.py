@@ -98,13 +98,24 @@ _SCHEMA: dict[str, dict[str, _Field]] = {
         "chip_io_byte": _q(_E, "moving one byte between chip and host"),
     },
     "timing": {
-        "timestep": _q(_T, "one timestep of a small network (for the static share)", "chip"),
+        "timestep": _q(_T, "a fixed timestep of a clocked target (e.g. a 1 ms tick); absent: "
+                       "each timestep lasts as long as the work on its slowest core"),
         "synaptic_op": _q(_T, "one synaptic event"),
         "neuron_update": _q(_T, "one active neuron update"),
         "neuron_update_idle": _q(_T, "one idle neuron update"),
         "spike_local": _q(_T, "spike latency within a core or tile"),
         "spike_hop": _q(_T, "spike latency per mesh hop"),
+        "chip_hop": _q(_T, "spike latency of one hop between two chips"),
         "barrier_sync": _q(_T, "mesh-wide barrier synchronisation ending a timestep"),
+        "chip_io_crossing": _q(_T, "fixed latency of one chip-host transfer (either direction)"),
+        "chip_io_byte": _q(_T, "time per byte of a chip-host transfer (1 / bandwidth)"),
+        **{k: _q(_T, f"time of one {d} on the host (1 / throughput)")
+           for k, d in (("add", "FP32 add"), ("mul", "FP32 multiply"),
+                        ("mac", "FP32 multiply-accumulate"), ("div", "FP32 division"),
+                        ("exp", "FP32 exponential"), ("sqrt", "FP32 square root"),
+                        ("rsqrt", "FP32 1/sqrt"), ("sigmoid", "FP32 logistic sigmoid"),
+                        ("max", "FP32 max of two"), ("compare", "FP32 compare"),
+                        ("memory_byte", "byte moved to or from memory"))},
     },
     "host_ops": _HOST_OPS,
     "capacity": {

@@ -220,11 +220,15 @@ def profile(model: str | Path | None, data: str = "kjv", n_tokens: int = 256, *,
             precision: str = "fixed", timesteps: float | None = None, hops: float | None = None,
             sensitivity_factor: float = 2.0, tokenizer_path: str | Path | None = None,
             overrides: dict[str, Any] | None = None,
-            out_dir: str | Path | None = None) -> tuple[Any, list[Path]]:
+            out_dir: str | Path | None = None, host_timing: str = "cpu",
+            neurobench: bool = False) -> tuple[Any, list[Path]]:
     """Count and price a model file (spikes recorded in PyTorch) or a bundle directory (spikes
     recorded in its Lava simulation, priced on the target the bundle carries). With ``out_dir``
-    (checked first) profile.json and the CSV tables are written there. Returns the
-    ``ProfileResult`` and the paths written."""
+    (checked first) profile.json and the CSV tables are written there. ``host_timing`` names the
+    profile whose [timing] gives the host's time per op; ``neurobench`` (model files) adds
+    NeuroBench's metrics on the same tokens. Returns the ``ProfileResult`` and the paths."""
+    from hw_profiles import load_profile
+
     from .profiling import profile_bundle, profile_checkpoint
     from .profiling.report import write_outputs
 
@@ -235,21 +239,24 @@ def profile(model: str | Path | None, data: str = "kjv", n_tokens: int = 256, *,
     check_real(sensitivity_factor, "--sensitivity-factor", 1.0, above=True)
     if out_dir is not None:
         check_output(out_dir, "-o/--out", folder=True)
+    load_profile(host_timing)   # a bad --host-timing fails before the work
     if model is not None and Path(model).is_dir():
-        if user_profiles or tuple(targets) != ("loihi2",) or policy != "spikes":
+        if user_profiles or tuple(targets) != ("loihi2",) or policy != "spikes" or neurobench:
             raise DataError("a bundle is profiled on the target and policy it was converted "
-                            "for; --target, --policy and --profile apply to model files")
+                            "for; --target, --policy, --profile and --neurobench apply to "
+                            "model files")
         if tokenizer_path is not None or overrides:
             raise DataError("a bundle carries its own tokenizer and config; --tokenizer and "
                             "model overrides apply to model files")
         result = profile_bundle(model, data, n_tokens, precision, host_profile=host_profile,
                                 timesteps=timesteps, hops=hops,
-                                sensitivity_factor=sensitivity_factor)
+                                sensitivity_factor=sensitivity_factor, host_timing=host_timing)
     else:
         result = profile_checkpoint(model, data, n_tokens, targets, host_profile,
                                     user_profiles, policy, timesteps=timesteps, hops=hops,
                                     sensitivity_factor=sensitivity_factor,
-                                    tokenizer_path=tokenizer_path, overrides=overrides)
+                                    tokenizer_path=tokenizer_path, overrides=overrides,
+                                    host_timing=host_timing, neurobench=neurobench)
     paths = write_outputs(result, out_dir) if out_dir is not None else []
     return result, paths
 

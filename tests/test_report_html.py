@@ -33,7 +33,8 @@ def test_html_is_self_contained(result):
     # nothing to fetch: no scripts, links, remote images or URLs of any kind
     assert not re.search(r"<script|<link|https?://|src=\"(?!data:)", page)
     for text in ("Firing rates", "Targets compared", "Unsupported", "Figures used",
-                 "truenorth", "ANN on cmos45nm", "paper formula"):
+                 "truenorth", "ANN on cmos45nm", "paper formula", "Latency per token",
+                 "chip timesteps", "host compute", "chip-host transfers", "slowest core"):
         assert text in page
 
 

@@ -28,6 +28,11 @@ from .common import echo_json, handle_errors, json_option, model_options, overri
 @click.option("--sensitivity-factor", default=2.0, show_default=True, type=float)
 @click.option("--precision", type=click.Choice(["float", "fixed"]), default="fixed",
               show_default=True, help="For a bundle: the Lava precision of the recording run.")
+@click.option("--host-timing", default="cpu", show_default=True,
+              help="Profile (name or TOML) whose [timing] gives the host's time per op.")
+@click.option("--neurobench", is_flag=True,
+              help="Also run NeuroBench's metrics on the same tokens, beside ours per layer "
+                   "(model files; needs the optional extra [neurobench]).")
 @click.option("-o", "--out", "out_dir", default="profile", show_default=True,
               type=click.Path(), help="Folder for profile.json and the CSV files.")
 @json_option
@@ -36,7 +41,8 @@ from .common import echo_json, handle_errors, json_option, model_options, overri
 def profile(model: str | None, data: str, n_tokens: int, targets: tuple[str, ...],
             host_profile: str | None, user_profiles: tuple[str, ...], policy: str,
             timesteps: float | None, hops: float | None, sensitivity_factor: float,
-            precision: str, out_dir: str, as_json: bool, tokenizer_path: str | None,
+            precision: str, host_timing: str, neurobench: bool, out_dir: str, as_json: bool,
+            tokenizer_path: str | None,
             binary_embedding: bool | None, rescale_every: int | None) -> None:
     """Count spikes, synaptic/host ops and chip-host traffic; price them per target.
 
@@ -49,7 +55,8 @@ def profile(model: str | None, data: str, n_tokens: int, targets: tuple[str, ...
         model, data, n_tokens, targets=targets, host_profile=host_profile,
         user_profiles=user_profiles, policy=policy, precision=precision, timesteps=timesteps,
         hops=hops, sensitivity_factor=sensitivity_factor, tokenizer_path=tokenizer_path,
-        overrides=overrides(binary_embedding, rescale_every), out_dir=out_dir)
+        overrides=overrides(binary_embedding, rescale_every), out_dir=out_dir,
+        host_timing=host_timing, neurobench=neurobench)
     if as_json:
         echo_json(result.to_dict())
         return

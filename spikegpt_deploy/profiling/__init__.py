@@ -62,6 +62,18 @@ def graded_input_trace(ir: Any, token_ids: np.ndarray) -> dict[str, np.ndarray]:
     return {n: np.stack(v) for n, v in trace.items()}
 
 
+def _mapping(ir: Any, chip: HardwareProfile) -> dict[str, Any] | None:
+    """Cores per chip node (``map_resources``), or None where the profile cannot map them (a
+    missing capacity figure): the work-based timestep is then reported as unsupported."""
+    from ..resources import map_resources
+
+    try:
+        return map_resources(ir, chip)
+    except ProfileError as exc:
+        log.info("no core mapping on %s: %s", chip.name, exc)
+        return None
+
+
 def _placement(ir: Any) -> tuple[tuple[str, bool], ...]:
     return tuple(sorted((n, d["placement"] == "host") for n, d in ir.graph.nodes(data=True)))
 
@@ -72,8 +84,10 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
                   ann_profiles: Sequence[str | Path | HardwareProfile] = DEFAULT_ANN_PROFILES,
                   timesteps: float | None = None, hops: float | None = None,
                   graded_bits: int = 8, sensitivity_factor: float = 2.0,
+                  host_timing: str | Path | HardwareProfile = "cpu", neurobench: bool = False,
                   meta: Mapping[str, Any] | None = None) -> ProfileResult:
-    """Count and price ``model`` on ``token_ids`` for one or more chip targets.
+    """Count and price ``model`` on ``token_ids`` for one or more chip targets; with
+    ``neurobench``, NeuroBench's metrics on the same tokens beside the first target's counts.
 
     The IR is partitioned for every target (a target that cannot run the model is reported as
     unsupported with the partitioner's reason); targets with the same placement share one count.
@@ -87,6 +101,10 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
     if not targets:
         raise ProfileError("no chip target given; pass at least one (e.g. loihi2)")
     chips = [_as_profile(t) for t in targets]
+    host_timing = _as_profile(host_timing)   # a bad name fails before the work
+    if neurobench:   # fail before the work when the optional extra is missing
+        from .neurobench_metrics import require_neurobench
+        require_neurobench()
     ids = np.asarray(check_token_ids(token_ids, model.config.vocab_size, "token_ids"),
                      dtype=np.int64)
     folded = fold_layernorm(capture_ir(model))
@@ -95,6 +113,7 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
     counts: dict[str, OpCounts] = {}
     prices: dict[str, dict[str, Any]] = {}
     done: dict[tuple[tuple[str, bool], ...], OpCounts] = {}
+    compared: dict[str, Any] | None = None
     for i, chip in enumerate(chips):
         try:
             ir = partition(folded, chip, policy, graded_bits)
@@ -113,8 +132,14 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
             done[key] = count_ops(ir, spikes, graded)
         counts[chip.name] = done[key]
         host = load_host(chip, str(host_profile) if host_profile is not None else None)
+        resources = _mapping(ir, chip)
         prices[chip.name] = price_target(done[key], chip, host, timesteps, hops,
-                                         sensitivity_factor)
+                                         sensitivity_factor, resources=resources,
+                                         host_timing=_as_profile(host_timing))
+        if neurobench and compared is None:
+            from .neurobench_metrics import neurobench_compare
+            log.info("running NeuroBench's metrics on %d tokens", len(ids))
+            compared = neurobench_compare(model, ids, ir, done[key], spikes, resources)
     primary = counts[chips[0].name]
     ann = {p.name: price_ann(primary.ann, p) for p in map(_as_profile, ann_profiles)}
     paper = paper_formula(primary, {t: p for t, p in prices.items() if t in counts})
@@ -123,8 +148,9 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
             "host_profile": str(host_profile) if host_profile else None,
             "timesteps": timesteps, "hops": hops, "graded_bits": graded_bits,
             "sensitivity_factor": sensitivity_factor, "recording": "pytorch-rnn",
+            "host_timing": str(getattr(host_timing, "name", host_timing)),
             **dict(meta or {})}
-    return ProfileResult(info, counts, prices, ann, paper)
+    return ProfileResult(info, counts, prices, ann, paper, neurobench=compared)
 
 
 def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
@@ -175,8 +201,8 @@ def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
 def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: str = "fixed",
                    *, host_profile: str | None = None, split: str = "valid",
                    timesteps: float | None = None, hops: float | None = None,
-                   sensitivity_factor: float = 2.0, timeout_s: float | None = None
-                   ) -> ProfileResult:
+                   sensitivity_factor: float = 2.0, timeout_s: float | None = None,
+                   host_timing: str | Path | HardwareProfile = "cpu") -> ProfileResult:
     """Profile a deployment bundle from spikes recorded in the Lava simulation.
 
     The bundle's own partitioned, quantized IR is counted with ``count_ops`` on the spikes that
@@ -204,12 +230,15 @@ def profile_bundle(bundle_path: str | Path, data: str, tokens: int, precision: s
     counts = count_ops(bundle.ir, run.spikes, graded)
     steps = float(run.timesteps_per_token) if timesteps is None else timesteps
     host = load_host(chip, host_profile)
-    prices = {chip.name: price_target(counts, chip, host, steps, hops, sensitivity_factor)}
+    prices = {chip.name: price_target(counts, chip, host, steps, hops, sensitivity_factor,
+                                      resources=_mapping(bundle.ir, chip),
+                                      host_timing=_as_profile(host_timing))}
     ann = {p.name: price_ann(counts.ann, p) for p in map(_as_profile, DEFAULT_ANN_PROFILES)}
     paper = paper_formula(counts, prices)
     info = {"model_config": dict(bundle.ir.config), "tokens": int(len(ids)), "policy": policy,
             "targets": [chip.name], "host_profile": host_profile, "timesteps": steps,
             "hops": hops, "sensitivity_factor": sensitivity_factor,
+            "host_timing": str(getattr(host_timing, "name", host_timing)),
             "recording": f"lava-{precision}", "bundle": str(bundle_path),
             "model": f"{bundle_path} (bundle, Lava {precision})",
             "model_sha256": bundle.manifest["source_model"]["sha256"], "data": data,

@@ -83,6 +83,10 @@ class OpCounts:
     mapping: dict[str, int]
     ann: dict[str, Any]
     unsupported: list[dict[str, str]] = field(default_factory=list)
+    #: chip node -> per-neuron work summed over tokens (numpy arrays: synaptic_ops, active, idle,
+    #: messages), for the per-core timestep model; too large for profile.json, so not serialised
+    neuron_work: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False,
+                                                   repr=False)
 
     def per_token_layer(self, layer: str) -> dict[str, float]:
         """The chip and I/O counters of one layer divided by the token count."""
@@ -92,11 +96,13 @@ class OpCounts:
         return float(self.populations[population]["rate"])
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("neuron_work")
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OpCounts":
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} - {"neuron_work"}
         missing = sorted(names - set(data) - {"unsupported"})
         if missing:
             raise DataError(f"op counts: missing key(s) {missing}; the file was not written by "
@@ -218,6 +224,15 @@ class _Run:
         self.accumulators: dict[str, dict[str, Any]] = {}
         self.reached: dict[str, np.ndarray] = {}   # chip LIF -> (T, C) reached by synapses
         self.mapping: Counter = Counter()
+        self.work: dict[str, dict[str, Any]] = {}  # chip node -> per-neuron sums over tokens
+
+    def add_work(self, n: str, layer: str, **arrays: np.ndarray) -> None:
+        """Per-neuron work of chip node ``n`` (sums over tokens; absent kinds are zero)."""
+        width = len(next(iter(arrays.values())))
+        zero = np.zeros(width)
+        self.work[n] = {"layer": layer, "op": self.ir.node(n)["op"], **{
+            k: np.asarray(arrays.get(k, zero), dtype=np.float64)
+            for k in ("synaptic_ops", "active", "idle", "messages")}}
 
     def skip(self, n: str, reason: str) -> None:
         self.unsupported.append({"what": f"{'chip' if n in self.chip else 'host'} node {n}",
@@ -274,6 +289,10 @@ class _Run:
                                    "neuron_updates_idle": got.size - active})
         self.mapping.update({"neurons": width, "synapses": width * len(srcs)})
         self.emit(Port(n, 0), layer, self.payload[n])
+        per_in = sum((self.events[p] != 0).sum(axis=0) for p in srcs)
+        self.add_work(n, layer, synaptic_ops=per_in, active=got.sum(axis=0),
+                      idle=self.T - got.sum(axis=0), messages=(n_t != 0).sum(axis=0)
+                      * len(self.chip_readers(Port(n, 0))))
 
     def linear(self, n: str, d: dict[str, Any], layer: str) -> None:
         (src,) = self.ir.inputs(n)
@@ -313,6 +332,10 @@ class _Run:
                                        "neuron_updates_idle": entry["readout_idle"]})
             self.mapping["neurons"] += W.shape[0]
         self.linears[n] = entry
+        per_out = nz.astype(np.int64) @ active_in.sum(axis=0).astype(np.int64)
+        self.add_work(n, layer, synaptic_ops=per_out,
+                      **({} if readers else {"active": hit.sum(axis=0),
+                                             "idle": self.T - hit.sum(axis=0)}))
         self.totals[layer]["synaptic_ops"] += int(syn.sum())
         self.per_token["synaptic_ops"] += syn
 
@@ -332,6 +355,9 @@ class _Run:
             self.totals[pop["layer"]].update({"neuron_updates_active": active,
                                               "neuron_updates_idle": s.size - active})
             self.mapping["neurons"] += s.shape[1]
+            act = (got | s).sum(axis=0)
+            self.add_work(n, pop["layer"], active=act, idle=self.T - act,
+                          messages=s.sum(axis=0) * len(self.chip_readers(Port(n, 0))))
 
     def host_ops(self) -> dict[str, Counter]:
         out: dict[str, Counter] = {k: Counter() for k in self.layers + ["other"]}
@@ -394,7 +420,7 @@ def count_ops(ir: IR, spikes: Mapping[str, Any],
         host_ops={k: dict(sorted(host_ops[k].items())) for k in layers},
         per_token={k: v.tolist() for k, v in run.per_token.items()},
         pipeline=_pipeline(ir, run.order, run.chip), mapping=dict(run.mapping),
-        ann=ann_op_counts(ir.config), unsupported=run.unsupported)
+        ann=ann_op_counts(ir.config), unsupported=run.unsupported, neuron_work=run.work)
 
 
 def _count_crossings(ir: IR, events: dict[Port, np.ndarray], payload: dict[str, int],

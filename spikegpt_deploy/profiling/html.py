@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 from ..outputs import check_output, write_atomic
 from .pricing import PAPER_FIRING_RATE, ProfileResult
-from .report import (fmt_count, fmt_energy, fmt_rate, fmt_ratio, layer_rows, target_rows,
+from .report import (fmt_count, fmt_energy, fmt_rate, fmt_ratio, fmt_time, latency_rows,
+                     latency_terms, layer_rows, target_rows,
                      unsupported_rows)
 
 _STYLE = """
@@ -85,16 +86,42 @@ def _plots(result: ProfileResult) -> list[str]:
     return out
 
 
-def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], left: int = 1) -> str:
+def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], left: int = 1,
+           left_last: bool = False) -> str:
+    """An HTML table; the first ``left`` columns (and the last, with ``left_last``) align left."""
     hs = list(headers)
+
+    def cls(i: int) -> str:
+        return "l" if i < left or (left_last and i == len(hs) - 1) else ""
+
     parts = ["<table><tr>" + "".join(
-        f'<th class="{"l" if i < left else ""}">{html.escape(h)}</th>' for i, h in enumerate(hs))
-        + "</tr>"]
+        f'<th class="{cls(i)}">{html.escape(h)}</th>' for i, h in enumerate(hs)) + "</tr>"]
     for row in rows:
         parts.append("<tr>" + "".join(
-            f'<td class="{"l" if i < left else ""}">{html.escape(str(v))}</td>'
+            f'<td class="{cls(i)}">{html.escape(str(v))}</td>'
             for i, v in enumerate(row)) + "</tr>")
     return "\n".join(parts) + "</table>"
+
+
+def _neurobench_html(nb: dict[str, Any]) -> list[str]:
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+    return [f"<h2>NeuroBench's metrics beside ours ({nb['tokens']} tokens, per token)</h2>",
+            _table(["layer", "placement", "NeuroBench class", "NeuroBench effective",
+                    "NeuroBench dense", "ours", "NeuroBench on the chip linears",
+                    "footprint NB (B)", "footprint ours (B)", "conn. sparsity NB",
+                    "conn. sparsity ours", "why they differ"],
+                   [[r["layer"], r["placement"], r["neurobench_class"],
+                     num(r["neurobench_effective"]), num(r["neurobench_dense"]), num(r["ours"]),
+                     num(r["neurobench_on_chip_linears"]), num(r["footprint_neurobench_b"]),
+                     num(r["footprint_ours_b"]), num(r["connection_sparsity_neurobench"]),
+                     num(r["connection_sparsity_ours"]), r["reason"]] for r in nb["layers"]],
+                   left=3, left_last=True),
+            _table(["population", "NeuroBench ActivationSparsity", "ours (1 - rate)"],
+                   [[p["population"], num(p["activation_sparsity_neurobench"]),
+                     num(p["activation_sparsity_ours"])] for p in nb["populations"]]),
+            "<ul>" + "".join(f"<li>{html.escape(d)}</li>" for d in nb["differences"]) + "</ul>"]
 
 
 def render_html(result: ProfileResult) -> str:
@@ -120,6 +147,17 @@ def render_html(result: ProfileResult) -> str:
           fmt_count(r["synaptic_ops"]), fmt_count(r["host_ops"]), fmt_energy(r["chip_pj"]),
           fmt_energy(r["host_pj"]), fmt_energy(r["io_pj"]), fmt_energy(r["total_pj"])]
          for r in layer_rows(result, target)]))
+    body.append(f"<h2>Latency per token on {e(target)}</h2>")
+    body.append(_table(["term", "time", "what it rests on"],
+                       [[t["term"], fmt_time(t["ns"]), t["how"]] for t in latency_terms(price)],
+                       left_last=True))
+    body.append(_table(
+        ["layer", "slowest core", "bound", "core time", "synapses", "neurons", "messages",
+         "synaptic ops", "neuron updates", "spikes sent"],
+        [[r["layer"], r["critical_core"], r["bound"], fmt_time(r["core_ns"]),
+          fmt_time(r["synapses_ns"]), fmt_time(r["neurons_ns"]), fmt_time(r["messages_ns"]),
+          fmt_count(r["synaptic_ops"]), fmt_count(r["neuron_updates"]), fmt_count(r["messages"])]
+         for r in latency_rows(result, target)], left=3))
     body += ["<h2>Targets compared</h2>", plots[2]]
     body.append(_table(
         ["", "chip dynamic", "chip static", "host", "I/O", "total", "vs ANN 45 nm", "vs GPU"],
@@ -141,6 +179,8 @@ def render_html(result: ProfileResult) -> str:
         ["all firing rates", fmt_energy(s["firing_rate_x"]), fmt_energy(s["firing_rate_div"])],
         ["proxy figures", fmt_energy(s["proxy_x"]), fmt_energy(s["proxy_div"])],
         ["estimate figures", fmt_energy(s["estimate_x"]), fmt_energy(s["estimate_div"])]]))
+    if result.neurobench is not None:
+        body += _neurobench_html(result.neurobench)
     unsupported = unsupported_rows(result)
     body.append("<h2>Unsupported (not priced, never zero)</h2>")
     body.append(_table(["where", "what", "key", "reason"],

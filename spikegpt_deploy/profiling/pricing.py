@@ -6,19 +6,24 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
 - chip dynamic = (synaptic_ops + accumulate_ops) x E[synaptic_op]
   + active x E[neuron_update_active] + idle x E[neuron_update_idle]
   + spike_messages x (E[spike_local] + hops x E[spike_hop]) + payload_bits x E[graded_payload_bit]
-- chip static = chips x P[static_power] x latency, latency = timesteps x T[timestep]. timesteps
-  per token defaults to the pipeline depth of the Lava simulation: Dense hops on the longest path
-  of the token's graph + 1 (only a Dense delays by a timestep; the +1 feeds the sampled token
-  back), which `simulate` measures as its timesteps per token. Host compute time is not
-  included (no host latency model), so this is a lower bound of the static share.
+- chip static = chips x P[static_power] x token latency; the latency (``latency.py``) is
+  timesteps x the work-based timestep (the slowest core, network hops, barrier) + host compute
+  time (host ops x the host-timing profile's time per op, default ``cpu``) + chip-host
+  transfers (crossings x T[chip_io_crossing] + bytes x T[chip_io_byte]), kept as terms. A
+  clocked target with a stated ``[timing] timestep`` uses that tick instead. timesteps per token
+  defaults to the pipeline depth of the Lava simulation: Dense hops on the longest path + 1
+  (only a Dense delays by a timestep; the +1 feeds the sampled token back), which `simulate`
+  measures as its timesteps per token; chips and cores per node come from the mapping
+  (``resources.map_resources``) when given.
 - host = sum over kinds of count x E_host[kind] (``lookup_byte`` priced as ``memory_byte``)
 - I/O = chip-host bytes x E[chip_io_byte]
 
-Hop assumption: the chip part is placed on ``cores`` cores (the larger of neurons /
-neurons_per_core and synapse bits / synaptic_memory_per_core at weight_bits_max, from the
-figures the profile has), laid out as a square mesh; a message travels the mean Manhattan
-distance between two random cores of that mesh, 2 (s^2 - 1) / (3 s) hops for side s (0 for one
-core). Past one chip, inter-chip links are priced as on-chip hops (a stated lower bound).
+Hop assumption: the chip part is placed on the mapping's cores (``resources.map_resources``
+when given, else the larger of neurons / neurons_per_core and synapse bits /
+synaptic_memory_per_core at weight_bits_max), laid out as a square mesh per chip; a message
+travels the mean Manhattan distance between two random cores of that mesh, 2 (s^2 - 1) / (3 s)
+hops for side s (0 for one core). Past one chip, the energy prices inter-chip links as on-chip
+hops (a stated lower bound); the timestep adds the mean distance between chips.
 
 The ANN baseline prices ``ann_op_counts`` on a host or ann profile (cmos45nm, gpu). The paper's
 formula is shown beside: E_ANN = MACs x E_MAC, E_SNN = 0.15 x MACs x E_AC with E_MAC =
@@ -37,9 +42,12 @@ from hw_profiles import load_profile as _load_profile
 
 from ..errors import DataError, ProfileError
 from .counts import OpCounts
+from .latency import (WORK_TIMES, core_times, fixed_timestep, host_time_ns, io_time_ns,
+                      mean_mesh_distance, timestep_latency, token_latency)
 
 PAPER_FIRING_RATE = 0.15
 PAPER_PROFILE = "cmos45nm"
+DEFAULT_HOST_TIMING = "cpu"   # the profile whose [timing] gives the host's time per op
 DEFAULT_SENSITIVITY_FACTOR = 2.0
 PRICE_KEY = {"lookup_byte": "memory_byte"}   # host op kind -> [host_ops] key (else the same)
 EVENT_CLASSES = ("binary", "integer", "graded")
@@ -107,9 +115,51 @@ def _io_bytes(counts: OpCounts, rate: float) -> dict[str, float]:
     return out
 
 
+def _latency(counts: OpCounts, chip: HardwareProfile, host_timing: HardwareProfile,
+             cores: Mapping[str, int] | None, chips: int, timesteps: float, hops: float,
+             rate: float, f: _Figures) -> dict[str, Any]:
+    """The timestep and the token's latency terms (see ``latency.py``); None where unpriced."""
+    step = None
+    if "timestep" in chip.timing:
+        tick = f.get(chip, "timing", "timestep", "ns", "chip timestep (a fixed tick)")
+        step = None if tick is None else fixed_timestep(tick)
+    elif cores is None or not counts.neuron_work:
+        f.missing.append({"what": "chip timestep", "profile": chip.name, "key": "mapping",
+                          "reason": "the work-based timestep needs the core mapping and the "
+                                    "per-neuron work of count_ops (not kept in profile.json)"})
+    else:
+        keys = WORK_TIMES + (("chip_hop",) if chips > 1 and "chip_hop" in chip.timing else ())
+        t = {k: f.get(chip, "timing", k, "ns", f"chip {k} time") for k in keys}
+        if all(v is not None for v in t.values()):
+            step = timestep_latency(core_times(counts.neuron_work, cores, counts.tokens,
+                                               t, rate), t, hops, chips)  # type: ignore[arg-type]
+    ops: dict[str, float] = {}
+    for layer in counts.layers:
+        for kind, n in counts.host_ops.get(layer, {}).items():
+            ops[kind] = ops.get(kind, 0.0) + n
+    op_ns = {k: f.get(host_timing, "timing", PRICE_KEY.get(k, k), "ns", f"host {k} time")
+             for k, n in ops.items() if n}
+    host_ns = None if any(v is None for v in op_ns.values()) else host_time_ns(
+        {k: n for k, n in ops.items() if n}, op_ns)  # type: ignore[arg-type]
+    nbytes = sum(_io_bytes(counts, rate).values())
+    crossings = 2.0 * counts.pipeline.get("chip_segments", 0) if nbytes else 0.0
+    io_ns = 0.0
+    if crossings:
+        per_crossing = f.get(chip, "timing", "chip_io_crossing", "ns", "chip-host crossing time")
+        per_byte = f.get(chip, "timing", "chip_io_byte", "ns", "chip-host time per byte")
+        io_ns = None if per_crossing is None or per_byte is None else io_time_ns(
+            crossings, nbytes, per_crossing, per_byte)
+    token = token_latency(timesteps, None if step is None else step.timestep_ns, host_ns, io_ns)
+    return {"timestep": None if step is None else step.to_dict(), "token": token.to_dict(),
+            "host_timing": host_timing.name, "host_ops": ops, "io_crossings": crossings,
+            "io_bytes": nbytes}
+
+
 def _price(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, timesteps: float,
            hops: float, chips: int, rate: float = 1.0,
-           kind_factors: Mapping[str, float] | None = None) -> tuple[dict[str, Any], _Figures]:
+           kind_factors: Mapping[str, float] | None = None, *,
+           host_timing: HardwareProfile | None = None,
+           cores: Mapping[str, int] | None = None) -> tuple[dict[str, Any], _Figures]:
     f = _Figures(kind_factors)
 
     def energy(key: str, count: float) -> float | None:
@@ -150,12 +200,12 @@ def _price(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, times
                                        "spike_hop", "payload")]
         row["chip"] = sum(t for t in chip_terms if t is not None)
         row["chip_complete"] = all(t is not None for t in chip_terms)
-    t_step = f.get(chip, "timing", "timestep", "ns", "chip timestep")
+    latency = _latency(counts, chip, host_timing or host, cores, chips, timesteps, hops, rate, f)
+    latency_ns = latency["token"]["total_ns"]
     p_static = f.get(chip, "energy", "static_power", "mW", "chip static power")
-    latency_ns = None if t_step is None else timesteps * t_step
     static = None if (latency_ns is None or p_static is None) else chips * p_static * latency_ns
     return {"layers": layers, "host_by_kind": host_kind, "latency_ns": latency_ns,
-            "static": static}, f
+            "latency": latency, "static": static}, f
 
 
 def _total(core: dict[str, Any]) -> tuple[float, dict[str, float | None]]:
@@ -177,18 +227,32 @@ def _total(core: dict[str, Any]) -> tuple[float, dict[str, float | None]]:
 
 def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile | None = None,
                  timesteps: float | None = None, hops: float | None = None,
-                 sensitivity_factor: float = DEFAULT_SENSITIVITY_FACTOR) -> dict[str, Any]:
-    """Per-token energy of ``counts`` on ``chip`` (host ops on ``host``); see the docstring."""
+                 sensitivity_factor: float = DEFAULT_SENSITIVITY_FACTOR, *,
+                 resources: Mapping[str, Any] | None = None,
+                 host_timing: HardwareProfile | None = None) -> dict[str, Any]:
+    """Per-token energy and latency of ``counts`` on ``chip`` (host ops on ``host``, host
+    compute time on ``host_timing``, default the ``cpu`` profile); ``resources`` is
+    ``map_resources`` of the partitioned IR (cores per node, chips). See the docstring."""
     if chip.role != "chip":
         raise ProfileError(f"profile {chip.name!r} is a {chip.role} profile; a chip target "
                            f"needs role = chip")
     host = host or load_host(chip)
+    timing = host_timing or _load_profile(DEFAULT_HOST_TIMING)
     mapping = mapping_estimate(counts, chip)
+    cores = None
+    if resources is not None:
+        cores = {r["node"]: int(r["cores"]) for r in resources["layers"]}
+        total = int(resources["totals"]["cores"])
+        on_chip = min(total, int(resources["totals"].get("cores_per_chip") or total))
+        mapping.update(cores=total, chips=max(1, int(resources["totals"]["chips"])),
+                       mesh_side=math.ceil(math.sqrt(max(on_chip, 1))),
+                       hops_per_message=mean_mesh_distance(on_chip), mapped=True)
     steps = float(counts.pipeline["lava_timesteps"] if timesteps is None else timesteps)
     hop = float(mapping["hops_per_message"] if hops is None else hops)
     if steps < 0 or hop < 0 or sensitivity_factor <= 0:
         raise DataError("timesteps and hops must be >= 0 and the sensitivity factor > 0")
-    core, figs = _price(counts, chip, host, steps, hop, mapping["chips"])
+    extra = {"host_timing": timing, "cores": cores}
+    core, figs = _price(counts, chip, host, steps, hop, mapping["chips"], **extra)
     subtotal, parts = _total(core)
     unsupported = figs.missing + [dict(u, profile=counts.target) for u in counts.unsupported]
     k = sensitivity_factor
@@ -199,12 +263,13 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
                       ("estimate_x", {"kind_factors": {"estimate": k}}),
                       ("estimate_div", {"kind_factors": {"estimate": 1 / k}})):
         sens[label] = _total(_price(counts, chip, host, steps, hop, mapping["chips"],
-                                    **kw)[0])[0]  # type: ignore[arg-type]
+                                    **kw, **extra)[0])[0]  # type: ignore[arg-type]
     return {
         "target": {"name": chip.name, "title": chip.title, "sha256": chip.sha256},
         "host": {"name": host.name, "title": host.title, "sha256": host.sha256},
         "tokens": counts.tokens, "policy": counts.policy, "partitioned_for": counts.target,
         "timesteps_per_token": steps, "latency_ns": core["latency_ns"],
+        "latency": core["latency"],
         "mapping": {**mapping, "hops_per_message": hop},
         "layers": core["layers"], "host_by_kind": core["host_by_kind"],
         "per_token": {**parts, "total": None if unsupported else subtotal,
@@ -219,7 +284,9 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
                if timesteps is None else "given") + ")",
             f"{hop:.3g} hops per spike message ("
             + ("mean Manhattan distance on the mapped mesh" if hops is None else "given") + ")",
-            "static power counted during chip timesteps only (host time not modelled)",
+            "token latency = chip timesteps x the work-based timestep + host compute time (on "
+            f"{timing.name}) + chip-host transfers, added without overlap; static power is "
+            "counted over that latency",
             "host float ops priced per op; weight memory traffic on the host is not counted",
             *mapping["notes"]],
     }
@@ -302,6 +369,7 @@ class ProfileResult:
     paper: dict[str, Any]
     format: str = "spikegpt-deploy-profile/1"
     notes: list[str] = field(default_factory=list)
+    neurobench: dict[str, Any] | None = None   # neurobench_compare, when asked for
 
     @property
     def primary(self) -> str:
@@ -315,7 +383,8 @@ class ProfileResult:
             counts[target] = {"same_as": seen[id(c)]} if id(c) in seen else c.to_dict()
             seen.setdefault(id(c), target)
         return {"format": self.format, "meta": self.meta, "counts": counts,
-                "prices": self.prices, "ann": self.ann, "paper": self.paper, "notes": self.notes}
+                "prices": self.prices, "ann": self.ann, "paper": self.paper, "notes": self.notes,
+                **({"neurobench": self.neurobench} if self.neurobench is not None else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "profile.json") -> "ProfileResult":
@@ -327,6 +396,7 @@ class ProfileResult:
             for target, c in data["counts"].items():
                 counts[target] = counts[c["same_as"]] if "same_as" in c else OpCounts.from_dict(c)
             return cls(dict(data["meta"]), counts, dict(data["prices"]), dict(data["ann"]),
-                       dict(data["paper"]), notes=list(data.get("notes", [])))
+                       dict(data["paper"]), notes=list(data.get("notes", [])),
+                       neurobench=data.get("neurobench"))
         except (KeyError, TypeError) as exc:
             raise DataError(f"{source}: malformed profile ({type(exc).__name__}: {exc})") from None

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import DataError
 from ..outputs import output_folder, write_atomic
+from .counts import layer_rank
 from .pricing import PAPER_FIRING_RATE, ProfileResult
 
 LAYER_COLUMNS = ("layer", "rate_emb", "rate_lif1", "rate_lif2", "synaptic_ops", "host_ops",
@@ -29,6 +30,47 @@ def fmt_energy(pj: float | None) -> str:
         if abs(pj) >= scale:
             return f"{pj / scale:.3g} {unit}"
     return f"{pj:.3g} pJ"
+
+
+def fmt_time(ns: float | None) -> str:
+    """1234.0 -> '1.23 us'; None -> 'n/a'."""
+    if ns is None or (isinstance(ns, float) and math.isnan(ns)):
+        return "n/a"
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if abs(ns) >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.3g} ns"
+
+
+def latency_terms(price: dict[str, Any]) -> list[dict[str, Any]]:
+    """The token's latency as separate terms (ns), with what each rests on."""
+    lat = price.get("latency") or {}
+    tok, step = lat.get("token") or {}, lat.get("timestep") or {}
+    crit = step.get("critical") or {}
+    how = (f"{tok.get('timesteps', 0):g} timesteps x {fmt_time(tok.get('timestep_ns'))}"
+           + (f"; slowest core {crit['name']} ({crit['bound']}-bound) "
+              f"{fmt_time(crit['time_ns'])} + network {fmt_time(step.get('network_ns'))} + "
+              f"barrier {fmt_time(step.get('barrier_ns'))}" if crit else
+              " (a fixed tick)" if step.get("model") == "fixed" else ""))
+    return [{"term": "chip timesteps", "ns": tok.get("chip_ns"), "how": how},
+            {"term": "host compute", "ns": tok.get("host_ns"),
+             "how": f"host ops per token x time per op on {lat.get('host_timing', '?')}"},
+            {"term": "chip-host transfers", "ns": tok.get("io_ns"),
+             "how": f"{lat.get('io_crossings', 0):g} crossings, "
+                    f"{lat.get('io_bytes', 0):,.0f} B per token"},
+            {"term": "token", "ns": tok.get("total_ns"), "how": "sum of the terms (no overlap)"}]
+
+
+def latency_rows(result: ProfileResult, target: str | None = None) -> list[dict[str, Any]]:
+    """Per layer: its slowest core, what bounds it and its time terms (ns), per token."""
+    step = (result.prices[target or result.primary].get("latency") or {}).get("timestep") or {}
+    return [{"layer": layer, "critical_core": c["name"], "cores_in_node": c["cores"],
+             "bound": c["bound"], "core_ns": c["time_ns"], "synapses_ns": c["synapses_ns"],
+             "neurons_ns": c["neurons_ns"], "messages_ns": c["messages_ns"],
+             "synaptic_ops": c["synaptic_ops"], "neuron_updates": c["neuron_active"]
+             + c["neuron_idle"], "messages": c["messages"]}
+            for layer, c in sorted((step.get("layers") or {}).items(),
+                                   key=lambda kv: layer_rank(kv[0]))]
 
 
 def fmt_count(n: float) -> str:
@@ -130,8 +172,20 @@ def render_table(result: ProfileResult) -> str:
                      f"{fmt_energy(r['host_pj']):>11}{fmt_energy(r['io_pj']):>11}"
                      f"{fmt_energy(r['total_pj']):>11}")
     pt = price["per_token"]
-    lines += ["", f"static: {fmt_energy(pt['chip_static'])} per token "
-              f"({price['timesteps_per_token']:g} timesteps, {price['mapping']['chips']} chip(s), "
+    lines += ["", f"latency per token on {target} (separate terms):"]
+    lines += [f"  {t['term']:<20}{fmt_time(t['ns']):>10}  {t['how']}"
+              for t in latency_terms(price)]
+    rows = latency_rows(result, target)
+    if rows:
+        head = (f"  {'layer':<10}{'slowest core':<34}{'bound':>9}{'core time':>11}{'syn ops':>9}"
+                f"{'neurons':>9}{'msgs':>8}")
+        lines += [head, "  " + "-" * (len(head) - 2)]
+        lines += [f"  {r['layer']:<10}{r['critical_core'][:33]:<34}{r['bound']:>9}"
+                  f"{fmt_time(r['core_ns']):>11}{fmt_count(r['synaptic_ops']):>9}"
+                  f"{fmt_count(r['neuron_updates']):>9}{fmt_count(r['messages']):>8}"
+                  for r in rows]
+    lines += ["", f"static: {fmt_energy(pt['chip_static'])} per token over the "
+              f"{fmt_time(price.get('latency_ns'))} latency ({price['mapping']['chips']} chip(s), "
               f"{price['mapping']['cores']} core(s), {price['mapping']['hops_per_message']:.2f} "
               f"hops/message)", ""]
     head = f"{'per token':<46}{'total':>11}{'vs ANN 45nm':>13}{'vs GPU':>10}"
@@ -157,6 +211,8 @@ def render_table(result: ProfileResult) -> str:
     if unsupported:
         lines += ["", "unsupported (not priced, never counted as zero):"]
         lines += [f"  {t}: {u.get('what', '')}: {u.get('reason', '')}" for t, u in unsupported]
+    if result.neurobench is not None:
+        lines += ["", render_neurobench(result.neurobench)]
     return "\n".join(lines)
 
 
@@ -190,6 +246,8 @@ def write_csvs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
     """layers_<target>.csv per priced target, populations.csv, host_ops.csv and targets.csv."""
     out = Path(out_dir)
     paths = [_write_csv(out / f"layers_{t}.csv", layer_rows(result, t)) for t in result.counts]
+    paths += [_write_csv(out / f"latency_{t}.csv", latency_rows(result, t))
+              for t in result.counts if latency_rows(result, t)]
     counts = result.counts[result.primary]
     pops = [{"population": n, "layer": p["layer"], "placement": p["placement"],
              "neurons": p["neurons"], "spikes": p["spikes"], "firing_rate": p["rate"],
@@ -201,6 +259,10 @@ def write_csvs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
             for layer in counts.layers]
     paths.append(_write_csv(out / "host_ops.csv", host))
     paths.append(_write_csv(out / "targets.csv", target_rows(result)))
+    if result.neurobench is not None:
+        paths.append(_write_csv(out / "neurobench_layers.csv", result.neurobench["layers"]))
+        paths.append(_write_csv(out / "neurobench_populations.csv",
+                                result.neurobench["populations"]))
     return paths
 
 
@@ -209,3 +271,38 @@ def write_outputs(result: ProfileResult, out_dir: str | Path) -> list[Path]:
     exist), each file written atomically."""
     with output_folder(out_dir, "-o/--out") as out:
         return [write_json(result, out / "profile.json"), *write_csvs(result, out)]
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}g}" if abs(v) < 1e3 else fmt_count(v)
+
+
+def render_neurobench(nb: dict[str, Any]) -> str:
+    """NeuroBench's metrics beside ours: one row per linear layer, then the populations."""
+    w = nb["whole_model"]
+    syn = nb["synaptic_operations"]["value"] or {}
+    lines = [f"NeuroBench 2.3 metrics on the PyTorch model, {nb['tokens']} tokens, per token "
+             f"(ours beside):",
+             f"  whole model: Footprint {_fmt(w['Footprint']['value'])} B, ConnectionSparsity "
+             f"{_fmt(w['ConnectionSparsity']['value'])}, ActivationSparsity "
+             f"{_fmt(w['ActivationSparsity']['value'])} ({w['activation_hooks']['value']} "
+             f"activation modules found), SynapticOperations: Effective_MACs "
+             f"{_fmt(syn.get('Effective_MACs'))}, Effective_ACs {_fmt(syn.get('Effective_ACs'))}, "
+             f"Dense {_fmt(syn.get('Dense'))}", ""]
+    head = (f"  {'layer':<24}{'place':>6}{'NB class':>9}{'NB eff':>9}{'NB dense':>9}{'ours':>9}"
+            f"{'NB chip':>9}{'NB fp B':>9}{'our fp B':>9}{'NB csp':>8}{'our csp':>8}")
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    for r in nb["layers"]:
+        lines.append(
+            f"  {r['layer'][:23]:<24}{r['placement']:>6}{r['neurobench_class']:>9}"
+            f"{_fmt(r['neurobench_effective']):>9}{_fmt(r['neurobench_dense']):>9}"
+            f"{_fmt(r['ours']):>9}{_fmt(r['neurobench_on_chip_linears']):>9}"
+            f"{_fmt(r['footprint_neurobench_b']):>9}{_fmt(r['footprint_ours_b']):>9}"
+            f"{_fmt(r['connection_sparsity_neurobench']):>8}"
+            f"{_fmt(r['connection_sparsity_ours']):>8}")
+        lines.append(f"      {r['reason']}")
+    lines += ["", f"  {'population':<16}{'NB ActivationSparsity':>23}{'ours (1 - rate)':>17}"]
+    lines += [f"  {p['population']:<16}{_fmt(p['activation_sparsity_neurobench'], 4):>23}"
+              f"{_fmt(p['activation_sparsity_ours'], 4):>17}" for p in nb["populations"]]
+    lines += ["", "  differences:"] + [f"  - {d}" for d in nb["differences"]]
+    return "\n".join(lines)

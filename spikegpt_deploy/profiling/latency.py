@@ -1,0 +1,221 @@
+"""Latency of a token from the work on each core, the host's compute and the chip-host transfers.
+
+Form: Timcheck, Pierro & Shrestha, 'A Compute and Communication Runtime Model for Loihi 2',
+arXiv 2601.10035, 2026: a max-affine lower bound of one timestep (r >= 0.97 against measured
+Loihi 2 runtime). Each timestep lasts as long as its slowest core; a core's time is the largest
+of its resource terms (they overlap in the core's pipeline), and the barrier ends the step:
+
+    core time    = max(synaptic ops x T[synaptic_op],                       -> 'synapses'
+                       active x T[neuron_update] + idle x T[neuron_update_idle],  -> 'neurons'
+                       spikes sent x T[spike_local])                         -> 'messages'
+    timestep     = max over cores (core time) + hops x T[spike_hop]
+                   + chip hops x T[chip_hop] + T[barrier_sync]
+    token        = timesteps x timestep + host compute + chip-host transfers   (separate terms)
+    host compute = sum over op kinds of host ops per token x T_host[kind]
+    transfers    = crossings per token x T[chip_io_crossing] + bytes per token x T[chip_io_byte]
+
+The paper's microbenchmarked Loihi 2 constants were not available to this project, so the
+per-event times are the target profile's (Davies et al. 2018 Table 2 for Loihi, as proxies for
+Loihi 2); every figure keeps its kind in the report. A core's work is the mean per token of the
+neurons mapped to it: a node's neurons are split into ``cores`` contiguous blocks (the mapping
+of ``resources.map_resources``), each block with the synapses that feed it. Each layer acts once
+per token, so a core's per-token work falls into one timestep; charging every timestep with the
+slowest core is exact when the pipeline is full (one token per layer per timestep) and an upper
+bound when a single token crosses it. ``token_latency`` takes the number of timesteps as input,
+so a caller can price any schedule (e.g. a prompt pipelined at one timestep per token, or a
+generated token that waits for the whole pipeline).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+BOUNDS = ("synapses", "neurons", "messages")
+WORK_TIMES = ("synaptic_op", "neuron_update", "neuron_update_idle", "spike_local", "spike_hop",
+              "barrier_sync")
+SOURCE = ("max-affine form of Timcheck, Pierro & Shrestha, arXiv 2601.10035 (2026); per-event "
+          "times from the target profile's [timing]")
+
+
+@dataclass(frozen=True)
+class CoreTime:
+    """One core's mean work per token and its time terms (ns); ``core`` counts from 0."""
+
+    node: str
+    layer: str
+    op: str
+    core: int
+    cores: int
+    synaptic_ops: float
+    neuron_active: float
+    neuron_idle: float
+    messages: float
+    synapses_ns: float
+    neurons_ns: float
+    messages_ns: float
+
+    @property
+    def time_ns(self) -> float:
+        return max(self.synapses_ns, self.neurons_ns, self.messages_ns)
+
+    @property
+    def bound(self) -> str:
+        """The term that sets the core's time: synapses, neurons or messages."""
+        terms = (self.synapses_ns, self.neurons_ns, self.messages_ns)
+        return BOUNDS[int(np.argmax(terms))]
+
+    @property
+    def name(self) -> str:
+        return f"{self.node}#{self.core}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "name": self.name, "time_ns": self.time_ns, "bound": self.bound}
+
+
+@dataclass(frozen=True)
+class TimestepLatency:
+    """One timestep: the slowest core, the network and the barrier (ns), and per-layer detail.
+
+    ``model`` is 'work' (from the cores) or 'fixed' (a clocked target's stated tick, ``fixed_ns``).
+    ``layers``: layer -> its slowest core; ``nodes``: chip node -> its slowest core.
+    """
+
+    model: str
+    compute_ns: float
+    network_ns: float
+    barrier_ns: float
+    hops: float
+    chip_hops: float
+    critical: CoreTime | None
+    layers: dict[str, CoreTime] = field(default_factory=dict)
+    nodes: dict[str, CoreTime] = field(default_factory=dict)
+    cores: int = 0
+    fixed_ns: float | None = None
+
+    @property
+    def timestep_ns(self) -> float:
+        if self.model == "fixed":
+            return float(self.fixed_ns or 0.0)
+        return self.compute_ns + self.network_ns + self.barrier_ns
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "timestep_ns": self.timestep_ns,
+                "compute_ns": self.compute_ns, "network_ns": self.network_ns,
+                "barrier_ns": self.barrier_ns, "hops": self.hops, "chip_hops": self.chip_hops,
+                "cores": self.cores, "fixed_ns": self.fixed_ns,
+                "critical": self.critical.to_dict() if self.critical else None,
+                "layers": {k: c.to_dict() for k, c in self.layers.items()},
+                "nodes": {k: c.to_dict() for k, c in self.nodes.items()}, "source": SOURCE}
+
+
+@dataclass(frozen=True)
+class TokenLatency:
+    """A token's latency as separate terms (ns); a term whose figure is missing is None."""
+
+    timesteps: float
+    timestep_ns: float | None
+    host_ns: float | None
+    io_ns: float | None
+
+    @property
+    def chip_ns(self) -> float | None:
+        return None if self.timestep_ns is None else self.timesteps * self.timestep_ns
+
+    @property
+    def total_ns(self) -> float | None:
+        parts = (self.chip_ns, self.host_ns, self.io_ns)
+        if any(p is None for p in parts):
+            return None
+        return float(sum(parts))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"timesteps": self.timesteps, "timestep_ns": self.timestep_ns,
+                "chip_ns": self.chip_ns, "host_ns": self.host_ns, "io_ns": self.io_ns,
+                "total_ns": self.total_ns}
+
+
+def core_times(work: Mapping[str, Mapping[str, Any]], cores: Mapping[str, int], tokens: int,
+               times_ns: Mapping[str, float], rate: float = 1.0) -> list[CoreTime]:
+    """Per-core mean work per token and time terms of every chip node in ``work``.
+
+    work: node -> per-neuron sums over ``tokens`` (``OpCounts.neuron_work``); cores: node -> cores
+    of the mapping; times_ns: synaptic_op, neuron_update, neuron_update_idle, spike_local in ns.
+    ``rate`` scales the events (synaptic ops, active updates, messages) for sensitivity runs.
+    """
+    out: list[CoreTime] = []
+    for node, w in work.items():
+        k = max(1, int(cores.get(node, 1)))
+        blocks = zip(*(np.array_split(np.asarray(w[key], dtype=np.float64), k) for key in
+                       ("synaptic_ops", "active", "idle", "messages")))
+        for i, (syn, act, idle, msg) in enumerate(blocks):
+            total = (act.sum() + idle.sum()) / tokens
+            s, m = syn.sum() * rate / tokens, msg.sum() * rate / tokens
+            a = min(act.sum() * rate / tokens, total)
+            out.append(CoreTime(
+                node, str(w["layer"]), str(w["op"]), i, k, s, a, total - a, m,
+                s * times_ns["synaptic_op"],
+                a * times_ns["neuron_update"] + (total - a) * times_ns["neuron_update_idle"],
+                m * times_ns["spike_local"]))
+    return out
+
+
+def mean_mesh_distance(n: int) -> float:
+    """Mean Manhattan distance between two random points of a square grid holding ``n``."""
+    side = math.ceil(math.sqrt(max(n, 1)))
+    return 2 * (side * side - 1) / (3 * side)
+
+
+def timestep_latency(cores: list[CoreTime], times_ns: Mapping[str, float], hops: float,
+                     chips: int) -> TimestepLatency:
+    """The work-based timestep (see the module docstring). ``times_ns`` also needs spike_hop,
+    barrier_sync and, for several chips, chip_hop (mean hops between chips on a square grid)."""
+    critical = max(cores, key=lambda c: c.time_ns, default=None)
+    layers: dict[str, CoreTime] = {}
+    nodes: dict[str, CoreTime] = {}
+    for c in cores:
+        for table, key in ((layers, c.layer), (nodes, c.node)):
+            if key not in table or c.time_ns > table[key].time_ns:
+                table[key] = c
+    chip_hops = mean_mesh_distance(chips) if chips > 1 else 0.0
+    network = hops * times_ns["spike_hop"] + chip_hops * times_ns.get("chip_hop",
+                                                                     times_ns["spike_hop"])
+    return TimestepLatency("work", critical.time_ns if critical else 0.0, network,
+                           times_ns["barrier_sync"], hops, chip_hops, critical, layers, nodes,
+                           len(cores))
+
+
+def fixed_timestep(tick_ns: float) -> TimestepLatency:
+    """A clocked target whose timestep is a stated tick, whatever the work."""
+    return TimestepLatency("fixed", 0.0, 0.0, 0.0, 0.0, 0.0, None, fixed_ns=tick_ns)
+
+
+def host_time_ns(ops_per_token: Mapping[str, float], op_ns: Mapping[str, float]) -> float:
+    """Host compute time of a token: ops of each kind x the host's time per op of that kind."""
+    return float(sum(n * op_ns[kind] for kind, n in ops_per_token.items() if n))
+
+
+def io_time_ns(crossings: float, nbytes: float, crossing_ns: float, byte_ns: float) -> float:
+    """Chip-host transfer time of a token: a fixed latency per crossing plus time per byte."""
+    return crossings * crossing_ns + nbytes * byte_ns
+
+
+def token_latency(timesteps: float, timestep_ns: float | None, host_ns: float | None,
+                  io_ns: float | None) -> TokenLatency:
+    """A token's latency = timesteps x timestep + host compute + transfers, kept as terms.
+
+    Call it once per schedule: the timestep is the same, the number of timesteps differs.
+    """
+    if timesteps < 0:
+        raise ValueError(f"timesteps must be >= 0, got {timesteps}")
+    return TokenLatency(float(timesteps), timestep_ns, host_ns, io_ns)
+
+
+def token_latency_for(latency: Mapping[str, Any], timesteps: float) -> TokenLatency:
+    """A priced target's token latency (``price_target(...)['latency']``) for another number of
+    chip timesteps per token, e.g. a prompt pipelined at one timestep per token."""
+    tok = latency["token"]
+    return token_latency(timesteps, tok["timestep_ns"], tok["host_ns"], tok["io_ns"])
