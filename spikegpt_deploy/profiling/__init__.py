@@ -15,7 +15,7 @@ import numpy as np
 
 from hw_profiles import HardwareProfile, load_profile
 
-from ..errors import ConversionError, DataError, ProfileError
+from ..errors import DataError, ProfileError
 from ..inputs import check_count, check_token_ids
 from .counts import OpCounts, count_ops, layer_of, record_spikes_pytorch
 from .windows import count_targets, split_windows
