@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import DeployError
+from .signals import Terminated, deferred_signals, termination_raises
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +85,13 @@ def import_ray() -> Any:
     return ray
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @contextmanager
 def ray_cluster(cluster: Cluster) -> Iterator[int]:
-    """Start (or join) Ray for the block; yields the number of CPU slots for shards."""
+    """Start (or join) Ray for the block; yields the number of CPU slots for shards.
+
+    SIGTERM and SIGHUP clean up as Ctrl-C does (``signals.termination_raises``; ``ray.init``
+    installs a handler of its own, which is replaced by the one in force before it), and a
+    second signal waits until Ray is shut down (``signals.deferred_signals``)."""
     ray = import_ray()
     if ray.is_initialized():
         raise DistributedError("Ray is already initialised in this process; run the command in "
@@ -97,36 +99,36 @@ def ray_cluster(cluster: Cluster) -> Iterator[int]:
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                "logging_level": logging.WARNING}
     before = _descendants(os.getpid())
-    old = signal.getsignal(signal.SIGTERM)
-    in_main = _is_main_thread()
-    if in_main:                    # SIGTERM -> KeyboardInterrupt -> the finally below
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
+    with termination_raises():
+        in_main = threading.current_thread() is threading.main_thread()
+        handler = signal.getsignal(signal.SIGTERM) if in_main else None
         try:
-            if cluster.address is not None:
-                ray.init(address=cluster.address, **options)
-            else:
-                ray.init(num_cpus=cluster.workers or 1,
-                         object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
-        except Exception as exc:   # noqa: BLE001 - Ray raises many types; all: "no cluster"
-            where = f"the Ray cluster at {cluster.address}" if cluster.address else "a local Ray"
-            raise DistributedError(f"could not start {where}: {type(exc).__name__}: "
-                                   f"{exc}") from None
-        if in_main:                # ray.init installs its own handler
-            signal.signal(signal.SIGTERM, _raise_interrupt)
-        slots = int(ray.cluster_resources().get("CPU", 1)) if cluster.address else (
-            cluster.workers or 1)
-        log.info("Ray: %d CPU slot(s) %s", slots,
-                 f"at {cluster.address}" if cluster.address else "on this machine")
-        yield max(1, slots)
-    finally:
-        if in_main:                # a second SIGTERM must not cut the clean-up short
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            _shutdown(ray, before, local=cluster.address is None)
+            try:
+                if cluster.address is not None:
+                    ray.init(address=cluster.address, **options)
+                else:
+                    ray.init(num_cpus=cluster.workers or 1,
+                             object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
+            except SystemExit as exc:  # SIGTERM while Ray's own handler was in force
+                if exc.code == signal.SIGTERM:
+                    raise Terminated(signal.SIGTERM) from None
+                raise
+            except Exception as exc:   # noqa: BLE001 - Ray raises many types: "no cluster"
+                where = (f"the Ray cluster at {cluster.address}" if cluster.address
+                         else "a local Ray")
+                raise DistributedError(f"could not start {where}: {type(exc).__name__}: "
+                                       f"{exc}") from None
+            finally:
+                if in_main and handler is not None:
+                    signal.signal(signal.SIGTERM, handler)
+            slots = int(ray.cluster_resources().get("CPU", 1)) if cluster.address else (
+                cluster.workers or 1)
+            log.info("Ray: %d CPU slot(s) %s", slots,
+                     f"at {cluster.address}" if cluster.address else "on this machine")
+            yield max(1, slots)
         finally:
-            if in_main:
-                signal.signal(signal.SIGTERM, old)
+            with deferred_signals():
+                _shutdown(ray, before, local=cluster.address is None)
 
 
 def _shutdown(ray: Any, before: dict[int, str], local: bool) -> None:
@@ -178,12 +180,6 @@ def _descendants(root: int) -> dict[int, str]:
 def _alive(pid: int, start: str) -> bool:
     f = _stat(pid)
     return f is not None and f[0] != "Z" and f[19] == start
-
-
-def _is_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def split_shards(n_items: int, n_shards: int, align: int = 1) -> list[range]:

@@ -157,7 +157,8 @@ def test_sigterm_stops_the_command_and_every_ray_process(workdir: Path) -> None:
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert "interrupted (SIGTERM)" in err
     time.sleep(2)
     left = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:120]
             for pid, start in seen.items() if alive(pid, start)}
