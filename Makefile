@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON310)" || { echo "no Python 3.10: see the message above"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON310) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=70" wheel
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,neurobench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,neurobench,distributed,crosscheck]'
 	touch $(STAMP)
 
 # The main job on the shipped default model: evaluate, generate, convert to a Loihi 2 bundle,

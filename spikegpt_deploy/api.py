@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .checkpoint import LoadedModel, load_checkpoint
 from .data import BPETokenizer, Tokenizer, encode_split, load_corpus
 from .errors import BundleError, CheckpointError, DataError
-from .evaluation import EvalResult, evaluate_ids
+from .evaluation import EvalResult, EvalSums, evaluate_ids
 from .inputs import check_count, check_real
 from .outputs import check_output
 from .sampling import SamplingOptions, encode_prompt, generate_ids
@@ -80,8 +80,13 @@ def train(options: Any, on_progress: Callable[[Any], None] | None = None,
 
 
 def evaluate(loaded: LoadedModel, data: str, split: str = "valid",
-             max_tokens: int | None = None, window_len: int | None = None) -> EvalResult:
-    """Bits per token and firing rates of ``loaded`` on the held-out split of ``data``."""
+             max_tokens: int | None = None, window_len: int | None = None,
+             cluster: Any = None, source: Any = None) -> EvalResult:
+    """Bits per token and firing rates of ``loaded`` on the held-out split of ``data``.
+
+    With ``cluster`` (a ``distributed.Cluster``) the windows run as shards on Ray, each worker
+    opening the model from ``source`` (a ``distributed.ModelSource``; default: the file of
+    ``loaded`` without load options); the figures equal the single-process run's."""
     if max_tokens is not None:
         check_count(max_tokens, "--max-tokens", 1, 2**62)
     tokenizer = require_tokenizer(loaded)
@@ -94,7 +99,45 @@ def evaluate(loaded: LoadedModel, data: str, split: str = "valid",
     if len(ids) < window + 1:
         raise DataError(f"{data} {split} split has {len(ids)} tokens, fewer than one window of "
                         f"{window + 1}; use a longer text")
-    return evaluate_ids(loaded.model, ids, window, max_tokens=max_tokens)
+    if cluster is None:
+        return evaluate_ids(loaded.model, ids, window, max_tokens=max_tokens)
+    from .distributed import ModelSource
+    from .evaluation import evaluate_shard
+
+    return evaluate_distributed(evaluate_shard, source or ModelSource(str(loaded.path)), ids,
+                                window, cluster, max_tokens)
+
+
+def evaluate_distributed(shard_fn: Callable[..., EvalSums], source: Any, ids: Any,
+                         window: int, cluster: Any, max_tokens: int | None = None,
+                         batch_size: int = 16) -> EvalResult:
+    """Windows of ``ids`` in consecutive shards (aligned on ``batch_size`` windows, so every
+    batch is a batch of the single-process run) on Ray; ``shard_fn(source, ids_slice, window,
+    rows, batch_size)`` returns the integer ``EvalSums`` of its rows, which add up exactly."""
+    from .distributed import ray_cluster, run_shards, split_shards
+    from .evaluation import n_windows
+
+    n = n_windows(ids, window, max_tokens)
+    with ray_cluster(cluster) as slots:
+        shards = split_shards(n, slots, align=batch_size)
+        args = [(source, ids[r.start * window:r.stop * window + 1], window,
+                 range(len(r)), batch_size) for r in shards]
+        parts = run_shards(shard_fn, args, lambda i: (
+            f"shard {i + 1} of {len(shards)} (windows {shards[i].start}-{shards[i].stop - 1} "
+            f"of {window} tokens)"))
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total.result(window)
+
+
+def model_source(loaded: LoadedModel, tokenizer_path: str | Path | None = None,
+                 overrides: dict[str, Any] | None = None) -> Any:
+    """How a Ray worker opens the same model (``distributed.ModelSource``; Ray not imported)."""
+    from .distributed import ModelSource
+
+    return ModelSource(str(loaded.path), None if tokenizer_path is None else str(tokenizer_path),
+                       tuple(sorted((overrides or {}).items())))
 
 
 def generate(loaded: LoadedModel, prompt: str, n_tokens: int,
@@ -221,7 +264,8 @@ def profile(model: str | Path | None, data: str = "kjv", n_tokens: int = 256, *,
             sensitivity_factor: float = 2.0, tokenizer_path: str | Path | None = None,
             overrides: dict[str, Any] | None = None,
             out_dir: str | Path | None = None, host_timing: str = "cpu",
-            neurobench: bool = False) -> tuple[Any, list[Path]]:
+            neurobench: bool = False, window: int | None = None,
+            cluster: Any = None) -> tuple[Any, list[Path]]:
     """Count and price a model file (spikes recorded in PyTorch) or a bundle directory (spikes
     recorded in its Lava simulation, priced on the target the bundle carries). With ``out_dir``
     (checked first) profile.json and the CSV tables are written there. ``host_timing`` names the
@@ -248,6 +292,9 @@ def profile(model: str | Path | None, data: str = "kjv", n_tokens: int = 256, *,
         if tokenizer_path is not None or overrides:
             raise DataError("a bundle carries its own tokenizer and config; --tokenizer and "
                             "model overrides apply to model files")
+        if window is not None or cluster is not None:
+            raise DataError("a bundle is profiled in one Lava simulation; --window, --workers "
+                            "and --address apply to model files")
         result = profile_bundle(model, data, n_tokens, precision, host_profile=host_profile,
                                 timesteps=timesteps, hops=hops,
                                 sensitivity_factor=sensitivity_factor, host_timing=host_timing)
@@ -256,9 +303,28 @@ def profile(model: str | Path | None, data: str = "kjv", n_tokens: int = 256, *,
                                     user_profiles, policy, timesteps=timesteps, hops=hops,
                                     sensitivity_factor=sensitivity_factor,
                                     tokenizer_path=tokenizer_path, overrides=overrides,
-                                    host_timing=host_timing, neurobench=neurobench)
+                                    host_timing=host_timing, neurobench=neurobench,
+                                    window=window, cluster=cluster)
     paths = write_outputs(result, out_dir) if out_dir is not None else []
     return result, paths
+
+
+def crosscheck(bundle: str | Path, data: str = "kjv", n_tokens: int = 16, *,
+               simulator: str = "sanafe", profile: str | Path = "loihi",
+               precision: str = "fixed", out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Our chip energy per layer and latency beside SANA-FE's on the bundle's measured spikes
+    (the [crosscheck] extra, GPL-3.0, imported only here); with ``out_dir`` (checked first)
+    SANA-FE's input files and crosscheck.json are kept there."""
+    from .crosscheck import crosscheck_bundle, write_result
+
+    check_count(n_tokens, "--tokens", 1)
+    if out_dir is not None:
+        check_output(out_dir, "-o/--out", folder=True)
+    result = crosscheck_bundle(bundle, data, n_tokens, simulator, profile, precision,
+                               out_dir=out_dir)
+    if out_dir is not None:
+        write_result(result, out_dir)
+    return result
 
 
 def report(profile_json: str | Path, html_path: str | Path | None = None
@@ -298,6 +364,6 @@ def targets() -> list[dict[str, Any]]:
 COMMANDS: dict[str, Callable[..., Any]] = {
     "train": train, "evaluate": evaluate, "generate": generate, "export-onnx": export_onnx,
     "convert": convert, "inspect": inspect_bundle, "export": export_bundle,
-    "simulate": simulate, "profile": profile,
+    "simulate": simulate, "profile": profile, "crosscheck": crosscheck,
     "report": report, "targets": targets,
 }

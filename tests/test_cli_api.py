@@ -78,6 +78,7 @@ def _minimal_args(name: str, f: dict[str, Path]) -> list[str]:
             "export": ["export", b, "--format", "onnx", "-o", "x.onnx"],
             "simulate": ["simulate", b, "--prompt", "a"],
             "profile": ["profile", m, "--data", c],
+            "crosscheck": ["crosscheck", b, "--data", c],
             "report": ["report", "x.json"],
             "targets": ["targets"]}[name]
 
@@ -114,6 +115,7 @@ def _json_args(name: str, f: dict[str, Path], tmp: Path) -> list[str]:
             "inspect": ["inspect", b],
             "simulate": ["simulate", b, "--prompt", "ab", "--tokens", "3", "--temperature", "0"],
             "profile": ["profile", m, "--data", c, "--tokens", "16", "-o", str(tmp / "p")],
+            "crosscheck": ["crosscheck", b, "--data", c, "--tokens", "3"],
             "targets": ["targets"]}[name]
 
 
@@ -122,7 +124,8 @@ JSON_COMMANDS = sorted(n for n, c in main.commands.items()
 
 
 def test_the_json_commands_are_all_tested() -> None:
-    assert JSON_COMMANDS == ["convert", "evaluate", "inspect", "profile", "simulate", "targets"]
+    assert JSON_COMMANDS == ["convert", "crosscheck", "evaluate", "inspect", "profile",
+                             "simulate", "targets"]
 
 
 @pytest.mark.parametrize("name", JSON_COMMANDS)

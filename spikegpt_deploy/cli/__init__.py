@@ -16,7 +16,7 @@ import click
 from ..signals import install_termination_handlers
 from .bundle_commands import convert, export, inspect, simulate
 from .model_commands import evaluate, export_onnx, generate, train
-from .profile_commands import profile, report, targets
+from .profile_commands import crosscheck, profile, report, targets
 
 
 @click.group()
@@ -29,7 +29,7 @@ def main(verbose: bool) -> None:
 
 
 for _command in (train, evaluate, generate, export_onnx, convert, inspect, export, simulate,
-                 profile, report, targets):
+                 profile, crosscheck, report, targets):
     main.add_command(_command)
 
 __all__ = ["main"]

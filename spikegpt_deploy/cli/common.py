@@ -55,6 +55,26 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def cluster_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--workers / --address: run the text's windows on Ray (the [distributed] extra)."""
+    fn = click.option("--address", default=None,
+                      help="Run the windows on the existing Ray cluster at ADDR "
+                           "(needs the [distributed] extra).")(fn)
+    fn = click.option("--workers", type=int, default=None,
+                      help="Run the windows on N local Ray worker processes, started and "
+                           "stopped by the command (needs the [distributed] extra).")(fn)
+    return fn
+
+
+def cluster(workers: int | None, address: str | None) -> Any:
+    """The ``distributed.Cluster`` the options ask for, or None (one process)."""
+    if workers is None and address is None:
+        return None
+    from ..distributed import Cluster
+
+    return Cluster(workers, address)
+
+
 def overrides(binary_embedding: bool | None, rescale_every: int | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if binary_embedding is not None:

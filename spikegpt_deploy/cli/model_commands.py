@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from .common import (echo_json, handle_errors, json_option, model_options, overrides,
-                     quiet_option, show_progress)
+from .common import (cluster, cluster_options, echo_json, handle_errors, json_option,
+                     model_options, overrides, quiet_option, show_progress)
 
 
 @click.command()
@@ -68,15 +68,19 @@ def train(resume: bool, quiet: bool, **kwargs: Any) -> None:
 @click.option("--max-tokens", type=int, default=None, help="Evaluate only the first N tokens.")
 @json_option
 @model_options
+@cluster_options
 @handle_errors
 def evaluate(model: str | None, data: str, split: str, max_tokens: int | None, as_json: bool,
              tokenizer_path: str | None, binary_embedding: bool | None,
-             rescale_every: int | None) -> None:
+             rescale_every: int | None, workers: int | None, address: str | None) -> None:
     """Bits per character and firing rate per LIF population on held-out text."""
     from .. import api
 
-    loaded = api.open_model(model, tokenizer_path, **overrides(binary_embedding, rescale_every))
-    result = api.evaluate(loaded, data, split, max_tokens)
+    options = overrides(binary_embedding, rescale_every)
+    runs_on = cluster(workers, address)
+    loaded = api.open_model(model, tokenizer_path, **options)
+    result = api.evaluate(loaded, data, split, max_tokens, cluster=runs_on,
+                          source=api.model_source(loaded, tokenizer_path, options))
     if as_json:
         echo_json({"model": str(loaded.path), "model_sha256": loaded.sha256, "data": data,
                    "split": split, **result.to_dict()})

@@ -1,10 +1,11 @@
-"""Commands that count and price: profile, report, targets."""
+"""Commands that count and price: profile, crosscheck, report, targets."""
 
 from __future__ import annotations
 
 import click
 
-from .common import echo_json, handle_errors, json_option, model_options, overrides
+from .common import (cluster, cluster_options, echo_json, handle_errors, json_option,
+                     model_options, overrides)
 
 
 @click.command(name="profile")
@@ -35,15 +36,20 @@ from .common import echo_json, handle_errors, json_option, model_options, overri
                    "(model files; needs the optional extra [neurobench]).")
 @click.option("-o", "--out", "out_dir", default="profile", show_default=True,
               type=click.Path(), help="Folder for profile.json and the CSV files.")
+@click.option("--window", type=int, default=None,
+              help="Run the tokens as windows of W tokens, each from the zero state (default: "
+                   "one stream; with --workers/--address: the model's context length).")
 @json_option
 @model_options
+@cluster_options
 @handle_errors
 def profile(model: str | None, data: str, n_tokens: int, targets: tuple[str, ...],
             host_profile: str | None, user_profiles: tuple[str, ...], policy: str,
             timesteps: float | None, hops: float | None, sensitivity_factor: float,
-            precision: str, host_timing: str, neurobench: bool, out_dir: str, as_json: bool,
-            tokenizer_path: str | None,
-            binary_embedding: bool | None, rescale_every: int | None) -> None:
+            precision: str, host_timing: str, neurobench: bool, out_dir: str,
+            window: int | None, as_json: bool, tokenizer_path: str | None,
+            binary_embedding: bool | None, rescale_every: int | None, workers: int | None,
+            address: str | None) -> None:
     """Count spikes, synaptic/host ops and chip-host traffic; price them per target.
 
     MODEL is a model file (spikes recorded in PyTorch, fast) or a bundle directory (spikes
@@ -56,12 +62,42 @@ def profile(model: str | None, data: str, n_tokens: int, targets: tuple[str, ...
         user_profiles=user_profiles, policy=policy, precision=precision, timesteps=timesteps,
         hops=hops, sensitivity_factor=sensitivity_factor, tokenizer_path=tokenizer_path,
         overrides=overrides(binary_embedding, rescale_every), out_dir=out_dir,
-        host_timing=host_timing, neurobench=neurobench)
+        host_timing=host_timing, neurobench=neurobench, window=window,
+        cluster=cluster(workers, address))
     if as_json:
         echo_json(result.to_dict())
         return
     click.echo(render_table(result))
     click.echo(f"\nwrote {', '.join(str(p) for p in paths)}")
+
+
+@click.command(name="crosscheck")
+@click.argument("bundle", type=click.Path())
+@click.option("--data", default="kjv", show_default=True, help="'kjv' or a UTF-8 text file.")
+@click.option("--tokens", "n_tokens", default=16, show_default=True, type=int,
+              help="Cross-check on the first N tokens of the held-out (valid) split.")
+@click.option("--simulator", type=click.Choice(["sanafe"]), default="sanafe", show_default=True,
+              help="The independent simulator (SANA-FE, GPL-3.0: the [crosscheck] extra).")
+@click.option("--profile", "profile_name", default="loihi", show_default=True,
+              help="Chip profile whose per-event figures both sides use.")
+@click.option("--precision", type=click.Choice(["float", "fixed"]), default="fixed",
+              show_default=True, help="The Lava precision of the run that records the spikes.")
+@click.option("-o", "--out", "out_dir", default=None, type=click.Path(),
+              help="Keep SANA-FE's input files (arch.yaml, snn.yaml) and crosscheck.json here.")
+@json_option
+@handle_errors
+def crosscheck(bundle: str, data: str, n_tokens: int, simulator: str, profile_name: str,
+               precision: str, out_dir: str | None, as_json: bool) -> None:
+    """Our chip energy and latency per layer beside an independent simulator's (SANA-FE)."""
+    from .. import api
+    from ..crosscheck import render_table
+
+    result = api.crosscheck(bundle, data, n_tokens, simulator=simulator, profile=profile_name,
+                            precision=precision, out_dir=out_dir)
+    if as_json:
+        echo_json(result)
+        return
+    click.echo(render_table(result) + (f"\nwrote {out_dir}" if out_dir else ""))
 
 
 @click.command(name="report")

@@ -8,7 +8,7 @@ PyTorch recording when the spikes are identical. It counts, per token and per la
 - synaptic ops of every chip linear: input events x fan-out, the fan-out of input i being the
   number of non-zero weights in column i (weights are [out, in]). A SpikeLinear fed by a SpikeSum
   sees the non-zero entries of n_t = sum_j c_j s_j as graded events whose payload is the bits of
-  max |n|; one fed by a population sees its spikes; a chip Linear under policy 'graded' sees the
+  the largest |n| the coefficients allow (sum of |c_j| of one sign); one fed by a population sees its spikes; a chip Linear under policy 'graded' sees the
   non-zero entries of its float input, which only a value trace (``graded_inputs``) can tell;
 - neuron updates: active = neurons that received input or spiked this token, idle = the rest,
   for LIF populations, SpikeSum accumulators and the readout compartments of chip linears whose
@@ -143,7 +143,9 @@ def _normalise_spikes(spikes: Mapping[str, Any]) -> tuple[dict[str, np.ndarray],
 
 
 def _payload_bits(counts: np.ndarray) -> int:
-    """Bits of the largest |n| (plus a sign bit if any n < 0); 0 when every n is 0 or 1."""
+    """Bits of the largest |n| (plus a sign bit if any n < 0); 0 when every n is 0 or 1.
+
+    Called on the [min, max] a SpikeSum's coefficients allow."""
     if not counts.size:
         return 0
     hi, lo = int(counts.max()), int(counts.min())
@@ -276,7 +278,10 @@ class _Run:
         n_t = sum(int(c) * self.events[p].astype(np.int64) for c, p in zip(coeffs, srcs))
         got = np.any([self.events[p] != 0 for p in srcs], axis=0)
         self.events[Port(n, 0)] = n_t
-        self.payload[n] = _payload_bits(n_t)
+        # the payload width a mapping configures: the range the coefficients allow, not the
+        # range one run reached (so counts of token shards add up to the whole run's counts)
+        self.payload[n] = _payload_bits(np.array([sum(min(int(c), 0) for c in coeffs),
+                                                  sum(max(int(c), 0) for c in coeffs)]))
         acc = int(sum((self.events[p] != 0).sum() for p in srcs))
         active, width = int(got.sum()), n_t.shape[1]
         self.accumulators[n] = {
