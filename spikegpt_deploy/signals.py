@@ -31,13 +31,22 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_received: list[int] = []   # the terminating signals this process has raised Terminated for
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
+    _received.append(signum)
     raise Terminated(signum)
 
 
 def interrupt_signum(exc: KeyboardInterrupt) -> int:
-    """The signal behind a KeyboardInterrupt: SIGINT for Ctrl-C, else the Terminated's."""
-    return int(getattr(exc, "signum", signal.SIGINT))
+    """The signal behind a KeyboardInterrupt: the Terminated's; else the last SIGTERM / SIGHUP
+    this process turned into one (a library, e.g. Ray's ``get``, may catch the Terminated and
+    raise a plain KeyboardInterrupt in its place); else SIGINT (Ctrl-C)."""
+    signum = getattr(exc, "signum", None)
+    if signum is None:
+        signum = _received[-1] if _received else signal.SIGINT
+    return int(signum)
 
 
 def install_termination_handlers() -> list[int]:
