@@ -140,6 +140,26 @@ def model_source(loaded: LoadedModel, tokenizer_path: str | Path | None = None,
                        tuple(sorted((overrides or {}).items())))
 
 
+LAVA_EVAL_TOKENS = 1024  # default held-out tokens of a Lava evaluation (about 100 tokens/s)
+
+
+def evaluate_bundle_lava(bundle: str | Path, data: str, split: str = "valid",
+                         max_tokens: int | None = None, precision: str = "fixed") -> Any:
+    """Bits per token of a bundle in the Lava simulation (pipelined, teacher-forced) on the
+    first ``max_tokens`` tokens of the held-out split, with the equivalence to its numpy
+    reference (``simulation_pipelined.evaluate_tokens``)."""
+    from .bundle import load_bundle
+    from .simulation_pipelined import evaluate_tokens
+
+    n = LAVA_EVAL_TOKENS if max_tokens is None else max_tokens
+    check_count(n, "--max-tokens", 2, 2**62)
+    tok = load_bundle(bundle).tokenizer
+    if tok is None:
+        raise DataError(f"{bundle}: the bundle has no tokenizer.json to encode {data}")
+    ids = encode_split(tok, load_corpus(data), split)[:n]
+    return evaluate_tokens(bundle, [int(t) for t in ids], precision)
+
+
 def generate(loaded: LoadedModel, prompt: str, n_tokens: int,
              options: SamplingOptions) -> Iterator[str]:
     """The decoded text of each generated token (RNN mode, streaming). Every argument is checked
@@ -242,9 +262,11 @@ class SimulationRun:
 def simulate(bundle: str | Path, prompt: str, n_tokens: int, precision: str = "float",
              sampling: SamplingOptions = SamplingOptions(), *, timeout_s: float | None = None,
              host_layout: str = "single",
-             on_text: Callable[[int, str, float], None] | None = None) -> SimulationRun:
+             on_text: Callable[[int, str, float], None] | None = None,
+             network: str | None = None) -> SimulationRun:
     """Generate text from ``prompt`` with the bundle simulated in Lava, compared with the
-    bundle's own reference; ``on_text(index, piece, seconds)`` streams each token."""
+    bundle's own reference; ``on_text(index, piece, seconds)`` streams each token. network:
+    'pipelined' (default) or 'populations' (``simulation.simulate``)."""
     from .simulation import simulate_text
 
     check_count(n_tokens, "--tokens")
@@ -253,7 +275,7 @@ def simulate(bundle: str | Path, prompt: str, n_tokens: int, precision: str = "f
         check_real(timeout_s, "--timeout", 0.0, above=True)
     result, text, eq = simulate_text(bundle, prompt, n_tokens, precision, sampling,
                                      timeout_s=timeout_s, host_layout=host_layout,
-                                     on_text=on_text)
+                                     on_text=on_text, network=network)
     return SimulationRun(result, text, eq)
 
 

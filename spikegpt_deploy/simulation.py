@@ -46,6 +46,7 @@ from .simulation_plan import PRECISIONS, NetworkPlan, plan_network
 
 log = logging.getLogger(__name__)
 SELECT_TAG = {"float": "floating_pt", "fixed": "fixed_pt"}
+NETWORKS = ("pipelined", "populations")
 TokenCallback = Callable[[int, int, float], None]  # (index, token id, seconds since start)
 
 
@@ -68,6 +69,7 @@ class SimulationResult:
     wall_s: float
     timings: dict[str, float] = field(default_factory=dict)
     host_compute_s: dict[str, float] = field(default_factory=dict)  # per host stage, no waiting
+    schedule: dict[str, Any] = field(default_factory=dict)  # regimes of the run's schedule
 
     @property
     def tokens_per_s(self) -> float:
@@ -87,6 +89,7 @@ class SimulationResult:
             "timesteps_why": self.timesteps_why, "num_steps": self.num_steps,
             "processes": self.processes, "wall_s": self.wall_s, "timings": self.timings,
             "host_compute_s": self.host_compute_s,
+            "schedule": {k: v for k, v in self.schedule.items() if k != "token_done_s"},
             "tokens_per_s": self.tokens_per_s, "ms_per_step": self.step_ms,
             "firing_rates": {k: float(v.mean()) for k, v in self.spikes.items()},
             "traffic_per_token": {k: float(v.mean()) for k, v in self.traffic.items()},
@@ -117,7 +120,7 @@ def _check_inputs(ir: IR, prompt_ids: list[int], n_tokens: int, precision: str,
     return ids
 
 
-def buffer_bytes(plan: NetworkPlan, T: int) -> int:
+def buffer_bytes(plan: Any, T: int) -> int:
     """Bytes of the result buffers (``_buffers``) for T tokens: float64 logits, spikes and
     traffic of every token, kept in memory until the run ends."""
     per_token = plan.vocab_size + sum(plan.populations.values()) + max(len(plan.crossings), 1)
@@ -134,7 +137,7 @@ def available_memory_bytes() -> int | None:
         return None
 
 
-def _check_memory(plan: NetworkPlan, T: int, n_prompt: int) -> None:
+def _check_memory(plan: Any, T: int, n_prompt: int) -> None:
     """Refuse a run whose result buffers would not fit in half of the available memory, before
     anything is allocated (MemAvailable of /proc/meminfo; unchecked where that is unreadable)."""
     need = buffer_bytes(plan, T)
@@ -148,32 +151,50 @@ def _check_memory(plan: NetworkPlan, T: int, n_prompt: int) -> None:
                         f"{avail / 2**30:.1f} GiB available; ask for at most {most:,} tokens")
 
 
-def simulate(bundle_path: str | Path, prompt_ids: list[int], n_tokens: int,
+def simulate(bundle_path: str | Path | Bundle, prompt_ids: list[int], n_tokens: int,
              precision: str = "float", sampling: SamplingOptions = SamplingOptions(), *,
              timeout_s: float | None = None, on_token: TokenCallback | None = None,
-             host_layout: str = "single", fault: tuple[str, int] | None = None
-             ) -> SimulationResult:
+             host_layout: str = "single", fault: tuple[str, int] | None = None,
+             network: str | None = None) -> SimulationResult:
     """Feed ``prompt_ids`` and generate ``n_tokens`` tokens with the bundle in Lava.
 
+    network: 'pipelined' (one chip and one host process, prompt tokens one timestep apart,
+    ``simulation_pipeline``) or 'populations' (a Lava process per population and Dense, each
+    token run alone, ``simulation_plan``; host_layout is its layout). Default: 'pipelined',
+    or 'populations' when host_layout is 'layers'.
+
+    bundle_path: a bundle directory, or a loaded ``Bundle`` (to run one several times).
     precision: 'float' (Lava floating_pt models) or 'fixed' (bit-accurate fixed_pt). on_token is
     called from a watcher thread with each generated token as soon as the network samples it.
     timeout_s bounds the whole run (default: 120 s plus 0.5 s per Lava timestep). fault is a
     test hook: (host stage, token) makes that stage raise inside its Lava process model.
     """
-    return _simulate(load_bundle(bundle_path), prompt_ids, n_tokens, precision, sampling,
-                     timeout_s, on_token, host_layout, fault, time.perf_counter())
+    bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
+    return _simulate(bundle, prompt_ids, n_tokens, precision, sampling,
+                     timeout_s, on_token, host_layout, fault, time.perf_counter(), network)
 
 
 def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: str,
               sampling: SamplingOptions, timeout_s: float | None, on_token: TokenCallback | None,
-              host_layout: str, fault: tuple[str, int] | None, t0: float) -> SimulationResult:
+              host_layout: str, fault: tuple[str, int] | None, t0: float,
+              network: str | None = None) -> SimulationResult:
     from .backends.lava_network import build_network
     from .backends.lava_runner import LavaRunner, require_lava
 
     require_lava()
+    if network is None:
+        network = "populations" if host_layout == "layers" else "pipelined"
+    if network not in NETWORKS:
+        raise SimulationError(f"network {network!r}: choose one of {', '.join(NETWORKS)}")
     ids = _check_inputs(bundle.ir, prompt_ids, n_tokens, precision, sampling)
     if timeout_s is not None:
         check_real(timeout_s, "--timeout", 0.0, above=True)
+    if network == "pipelined":
+        from .simulation_pipelined import run_pipelined
+        stream = None if on_token is None else \
+            (lambda bufs: _TokenStream(bufs, len(ids) - 1, n_tokens, on_token, t0))
+        return run_pipelined(bundle, ids, n_tokens, precision, sampling, timeout_s, stream,
+                             fault, t0)
     plan = plan_network(bundle.ir, precision, ids, n_tokens, sampling, fault, host_layout)
     T = len(ids) + max(n_tokens, 1) - 1
     _check_memory(plan, T, len(ids))
@@ -276,7 +297,8 @@ def equivalence(ir: IR, result: SimulationResult,
 def simulate_text(bundle_path: str | Path, prompt: str, n_tokens: int, precision: str = "float",
                   sampling: SamplingOptions = SamplingOptions(), *,
                   timeout_s: float | None = None, host_layout: str = "single",
-                  on_text: Callable[[int, str, float], None] | None = None
+                  on_text: Callable[[int, str, float], None] | None = None,
+                  network: str | None = None
                   ) -> tuple[SimulationResult, str, dict[str, Any]]:
     """The CLI's entry: encode ``prompt`` with the bundle's tokenizer, simulate, decode, and
     compare with the reference; on_text gets (index, decoded piece, seconds) per token."""
@@ -289,5 +311,5 @@ def simulate_text(bundle_path: str | Path, prompt: str, n_tokens: int, precision
     ids = encode_prompt(tok, prompt)
     cb = None if on_text is None else (lambda i, t, s: on_text(i, tok.decode([t]), s))
     result = _simulate(bundle, ids, n_tokens, precision, sampling, timeout_s, cb, host_layout,
-                       None, t0)
+                       None, t0, network)
     return result, tok.decode(result.generated_ids), equivalence(bundle.ir, result, sampling)

@@ -256,6 +256,10 @@ class StageRunner:
         for s in self.p.ins:
             if s.slot not in self._received:
                 self._recv(s.slot, phase)
+        if active:  # after the last receive: a read-out no node reads on arrival crossed too
+            for index, key in self.p.traffic:
+                if key in self._fresh:
+                    self.buffers["traffic"].array[token, index] = self._nonzero(key)
         if TOKEN_KEY in self._fresh and self.p.prompt is not None:
             self.token_latch = int(round(float(self.values[TOKEN_KEY].reshape(-1)[0])))
 
@@ -281,9 +285,6 @@ class StageRunner:
         for key, name in self.p.records:
             if key in self._fresh:
                 self.buffers[name].write(token + 1, np.asarray(self.values[key]).reshape(-1))
-        for index, key in self.p.traffic:
-            if key in self._fresh:
-                self.buffers["traffic"].array[token, index] = self._nonzero(key)
         lk = self.p.logits_key
         if lk is not None and lk in self._fresh:
             self._sample(token)

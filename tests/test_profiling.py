@@ -99,8 +99,10 @@ def test_hand_counts_match_hand_arithmetic():
     # 3 read-outs x 3 tokens, each an integer sum sent as a 24-bit graded message (loihi2)
     assert by_src[("head.spikes", "chip_to_host")]["bytes"] == 3 * 3 * 24 / 8
     assert c.host_ops["emb"] == {"lookup_byte": 16, "compare": 4}
+    # one Dense hop: a token takes 2 timesteps; the next sampled token enters on the second
     assert c.pipeline == {"chip_depth": 3, "chip_segments": 1, "dense_depth": 1,
-                          "lava_timesteps": 2}
+                          "depth_timesteps": 2, "prefill_timesteps_per_token": 1,
+                          "decode_timesteps_per_token": 1, "lava_timesteps": 1}
     assert not c.unsupported
 
 
@@ -292,6 +294,25 @@ def test_paper_formula_and_provenance(tiny, ids):
     assert s["proxy_x"] > measured > s["proxy_div"]
     gpu = res.ann["gpu"]
     assert gpu["per_token"]["total"] > res.ann["cmos45nm"]["per_token"]["total"]
+
+
+def test_prefill_and_decode_regimes_use_the_simulated_schedule(tiny, ids):
+    """Prefill tokens enter one timestep apart, decode tokens a pipeline depth apart: the
+    static energy per token scales with those timestep counts, the rest does not."""
+    res = profile_model(tiny, ids, "loihi2")
+    price, pipe = res.prices["loihi2"], res.counts["loihi2"].pipeline
+    pre, dec = price["regimes"]["prefill"], price["regimes"]["decode"]
+    assert dec["timesteps_per_token"] == price["timesteps_per_token"] == pipe["lava_timesteps"]
+    assert pre["timesteps_per_token"] == pipe["prefill_timesteps_per_token"] == 1
+    assert dec["timesteps_per_token"] == pipe["depth_timesteps"] - 1 > 1
+    assert pre["static_per_token_pj"] * dec["timesteps_per_token"] == pytest.approx(
+        dec["static_per_token_pj"])
+    assert dec["energy_per_token_pj"] - pre["energy_per_token_pj"] == pytest.approx(
+        dec["static_per_token_pj"] - pre["static_per_token_pj"])
+    assert pre["ttft_timesteps"] == 499 + pipe["depth_timesteps"]  # a stated 500-token prompt
+    assert pre["ttft_ns"] == pytest.approx(pre["ttft_timesteps"] * dec["latency_per_token_ns"]
+                                           / dec["timesteps_per_token"])
+    assert "prefill: 1 timestep(s) per token" in render_table(res)
 
 
 def test_graded_policy_counts_from_the_value_trace(tiny, ids):

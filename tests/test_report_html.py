@@ -34,7 +34,8 @@ def test_html_is_self_contained(result):
     assert not re.search(r"<script|<link|https?://|src=\"(?!data:)", page)
     for text in ("Firing rates", "Targets compared", "Unsupported", "Figures used",
                  "truenorth", "ANN on cmos45nm", "paper formula", "Latency per token",
-                 "chip timesteps", "host compute", "chip-host transfers", "slowest core"):
+                 "chip timesteps", "host compute", "chip-host transfers", "slowest core",
+                 "Prefill and decode", "loihi2: prefill", "loihi2: decode"):
         assert text in page
 
 

@@ -131,14 +131,30 @@ def test_fixed_matches_quantized_emulation(bundle, fixed_run, float_run, prompt)
                                               - q["bits_per_char_float"]) < 1.0
 
 
-def test_pipeline_depth_and_records(bundle, float_run):
-    r = float_run
+def test_pipeline_depth_and_records(bundle, prompt):
+    """The per-population network: a token crosses it alone in D timesteps."""
+    r = simulation.simulate(bundle, prompt[:6], 8, "float", GREEDY, network="populations")
     assert r.timesteps_per_token == 2 * 2 + 2  # two Dense hops per block + head + feedback
     assert r.num_steps == len(r.token_ids) * r.timesteps_per_token
     assert r.timesteps_why[-1].endswith(f"D = {r.timesteps_per_token}")
     assert r.processes == {"HostStage": 1, "GatedLIF": 4, "Dense": 3}  # one Dense per layer
     assert r.logits.shape == (len(r.token_ids), load_bundle(bundle).ir.config["vocab_size"])
     assert r.tokens_per_s > 0 and r.step_ms > 0
+
+
+def test_pipelined_schedule_and_records(bundle, prompt, float_run):
+    """The pipelined network: prompt tokens one timestep apart, generated tokens 2L + 1 apart
+    (the token is sampled and embedded on the timestep its logits arrive)."""
+    r = float_run
+    P, T = len(prompt), len(r.token_ids)
+    assert r.processes == {"HostPipe": 1, "ChipCore": 1}
+    assert r.timesteps_per_token == 2 * 2 + 1
+    assert r.schedule["prefill"]["timesteps_per_token"] == 1
+    assert r.schedule["prefill"]["ttft_timesteps"] == (P - 1) + 2 * 2 + 2
+    assert r.num_steps == (P - 1) + (T - P) * (2 * 2 + 1) + 2 * 2 + 2
+    assert r.logits.shape == (T, load_bundle(bundle).ir.config["vocab_size"])
+    done = r.schedule["token_done_s"]
+    assert all(b >= a for a, b in zip(done, done[1:]))  # logits complete in token order
 
 
 def test_traffic_and_profiler_counts(bundle, float_run, model_file):
@@ -170,7 +186,7 @@ def test_graded_policy_both_precisions(model_file, prompt):
     ir = load_bundle(path).ir
     for precision, ref in (("fixed", emulator(ir)), ("float", Executor(ir))):
         r = simulation.simulate(path, prompt[:8], 12, precision, GREEDY)
-        assert r.timesteps_per_token == 4 * 2 + 2  # + the att.output and ffn.value Denses
+        assert r.timesteps_per_token == 4 * 2 + 1  # + the att.output and ffn.value Denses
         logits, spikes = ref.run(np.array([r.token_ids]))
         assert all(np.array_equal(r.spikes[k], v[0]) for k, v in spikes.items()), precision
         assert np.max(np.abs(r.logits - logits[0])) < 1e-3
@@ -354,7 +370,7 @@ def test_cli_json(bundle):
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout)
     assert len(out["generated_ids"]) == 6 and isinstance(out["text"], str)
-    assert out["timesteps_per_token"] == 6 and out["precision"] == "fixed"
+    assert out["timesteps_per_token"] == 5 and out["precision"] == "fixed"
     eq = out["equivalence"]
     assert eq["spikes_identical"] and eq["generated_tokens_identical"]
     assert eq["max_abs_logit_diff"] < 1e-5 and "tokens/s" not in p.stdout

@@ -169,16 +169,20 @@ def export(bundle: str, fmt: str, out: str | None, force: bool) -> None:
               help="0 = greedy decoding.")
 @click.option("--top-p", default=0.9, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--network", type=click.Choice(["pipelined", "populations"]), default=None,
+              help="pipelined (default): one chip and one host process, the prompt fed one "
+              "token per timestep; populations: a process per population, each token alone.")
 @click.option("--host-layout", type=click.Choice(["single", "layers"]), default="single",
-              show_default=True, help="One host process, or one per layer (emb, blocks.N, head).")
+              show_default=True, help="Populations network: one host process, or one per layer "
+              "(emb, blocks.N, head).")
 @click.option("--timeout", "timeout_s", type=float, default=None,
               help="Stop the simulation after this many seconds (default: scales with length).")
 @json_option
 @quiet_option
 @handle_errors
 def simulate(bundle: str, prompt: str, n_tokens: int, precision: str, temperature: float,
-             top_p: float, seed: int, host_layout: str, timeout_s: float | None,
-             as_json: bool, quiet: bool) -> None:
+             top_p: float, seed: int, network: str | None, host_layout: str,
+             timeout_s: float | None, as_json: bool, quiet: bool) -> None:
     """Generate text from PROMPT with BUNDLE simulated in Lava (chip and host processes)."""
     from .. import api
     from ..sampling import SamplingOptions
@@ -198,7 +202,7 @@ def simulate(bundle: str, prompt: str, n_tokens: int, precision: str, temperatur
     try:
         run = api.simulate(bundle, prompt, n_tokens, precision,
                            SamplingOptions(temperature, top_p, seed), timeout_s=timeout_s,
-                           host_layout=host_layout, on_text=on_text)
+                           host_layout=host_layout, on_text=on_text, network=network)
     finally:
         if first and progress:
             click.echo("", err=True)
@@ -207,8 +211,11 @@ def simulate(bundle: str, prompt: str, n_tokens: int, precision: str, temperatur
         return
     result, eq = run.result, run.equivalence
     click.echo("" if first else prompt)
-    click.echo(f"{len(result.token_ids)} tokens in Lava {precision}: "
-               f"{result.timesteps_per_token} timesteps per token, {result.tokens_per_s:.1f} "
+    pre = result.schedule.get("prefill")
+    prefill = f"prompt {pre['timesteps_per_token']:g} timestep(s) per token, " if pre else ""
+    click.echo(f"{len(result.token_ids)} tokens in Lava {precision}: {prefill}"
+               f"{result.timesteps_per_token} timesteps per generated token, "
+               f"{result.tokens_per_s:.1f} "
                f"tokens/s ({result.step_ms:.2f} ms per timestep, {sum(result.processes.values())}"
                f" processes); vs {eq['reference']}: max |dlogit| {eq['max_abs_logit_diff']:.2e}, "
                f"spikes identical {eq['spikes_identical']}, tokens identical "

@@ -66,16 +66,42 @@ def train(resume: bool, quiet: bool, **kwargs: Any) -> None:
 @click.option("--split", default="valid", show_default=True,
               type=click.Choice(["train", "valid", "test"]))
 @click.option("--max-tokens", type=int, default=None, help="Evaluate only the first N tokens.")
+@click.option("--backend", type=click.Choice(["torch", "lava"]), default="torch",
+              show_default=True, help="lava: MODEL is a bundle, run in Lava's simulator "
+              "(pipelined; default 1024 tokens).")
+@click.option("--precision", type=click.Choice(["float", "fixed"]), default="fixed",
+              show_default=True, help="With --backend lava.")
 @json_option
 @model_options
 @cluster_options
 @handle_errors
-def evaluate(model: str | None, data: str, split: str, max_tokens: int | None, as_json: bool,
-             tokenizer_path: str | None, binary_embedding: bool | None,
-             rescale_every: int | None, workers: int | None, address: str | None) -> None:
+def evaluate(model: str | None, data: str, split: str, max_tokens: int | None, backend: str,
+             precision: str, as_json: bool, tokenizer_path: str | None,
+             binary_embedding: bool | None, rescale_every: int | None, workers: int | None,
+             address: str | None) -> None:
     """Bits per character and firing rate per LIF population on held-out text."""
-    from .. import api
+    import os
 
+    from .. import api
+    from ..errors import DataError
+
+    if backend == "lava":
+        if model is None:
+            raise DataError("--backend lava evaluates a bundle: pass BUNDLE")
+        ev = api.evaluate_bundle_lava(model, data, split, max_tokens, precision)
+        if as_json:
+            echo_json({"bundle": model, "data": data, "split": split, **ev.to_dict()})
+            return
+        click.echo(f"{model} in Lava ({precision}) on {data} ({split}, {ev.tokens} tokens): "
+                   f"{ev.bits_per_token:.6f} bits per token; {ev.reference}: "
+                   f"{ev.reference_bits_per_token:.6f}")
+        click.echo(f"spikes identical: {ev.spikes_identical} (agreement "
+                   f"{ev.spike_agreement:.6f}); max |dlogit| {ev.max_abs_logit_diff:.3g}; "
+                   f"{ev.tokens_per_s:.1f} tokens/s, {ev.timesteps} timesteps")
+        return
+    if model is not None and os.path.isdir(model):
+        raise DataError(f"{model} is a folder (a bundle?); evaluate a bundle with "
+                        "--backend lava, a model file without it")
     options = overrides(binary_embedding, rescale_every)
     runs_on = cluster(workers, address)
     loaded = api.open_model(model, tokenizer_path, **options)

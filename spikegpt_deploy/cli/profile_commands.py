@@ -23,7 +23,8 @@ from .common import (cluster, cluster_options, echo_json, handle_errors, json_op
 @click.option("--policy", default="spikes", show_default=True,
               type=click.Choice(["spikes", "graded"]))
 @click.option("--timesteps", type=float, default=None,
-              help="Chip timesteps per token (default: the IR's pipeline depth).")
+              help="Chip timesteps per generated token (default: the decode regime of the "
+              "simulated schedule).")
 @click.option("--hops", type=float, default=None,
               help="Mesh hops per spike message (default: mean distance on the mapped mesh).")
 @click.option("--sensitivity-factor", default=2.0, show_default=True, type=float)

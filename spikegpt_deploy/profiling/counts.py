@@ -180,15 +180,15 @@ def _resident_slots(ir: IR) -> set[str]:
 
 
 def _pipeline(ir: IR, order: list[str], chip: set[str]) -> dict[str, Any]:
-    """Chip nodes, chip segments (chip/host alternations) and Dense hops along the longest path.
+    """Chip nodes and chip segments (chip/host alternations) along the longest path, and the
+    timestep counts of the schedule the Lava simulation runs (``simulation_schedule``):
+    ``depth_timesteps`` (a token's latency), ``prefill_timesteps_per_token`` (teacher-forced
+    tokens enter this many timesteps apart) and ``decode_timesteps_per_token`` =
+    ``lava_timesteps`` (a sampled token waits for the previous token's logits)."""
+    from ..simulation_schedule import schedule_of
 
-    In the Lava simulation only a Dense (SpikeLinear or chip Linear) delays a value by one
-    timestep, so a token takes ``dense_depth + 1`` timesteps there (the +1 brings the sampled
-    token back to the embedding): ``lava_timesteps``, the simulator's measured pipeline depth.
-    """
     depth: dict[str, int] = {}
     segs: dict[str, int] = {}
-    dense: dict[str, int] = {}
 
     def chip_op(n: str) -> bool:
         return n in chip and ir.node(n)["op"] not in PLUMBING
@@ -198,12 +198,12 @@ def _pipeline(ir: IR, order: list[str], chip: set[str]) -> dict[str, Any]:
         on = chip_op(n)
         depth[n] = max((depth[p] for p in preds), default=0) + int(on)
         segs[n] = max((segs[p] + int(on and not chip_op(p)) for p in preds), default=int(on))
-        is_dense = on and ir.node(n)["op"] in ("SpikeLinear", "Linear")
-        dense[n] = max((dense[p] for p in preds), default=0) + int(is_dense)
-    dense_depth = max(dense.values(), default=0)
+    sch = schedule_of(ir, strict=False)
     return {"chip_depth": max(depth.values(), default=0),
             "chip_segments": max(segs.values(), default=0),
-            "dense_depth": dense_depth, "lava_timesteps": dense_depth + 1}
+            "dense_depth": sch.depth - 1, "depth_timesteps": sch.depth,
+            "prefill_timesteps_per_token": sch.interval,
+            "decode_timesteps_per_token": sch.decode, "lava_timesteps": sch.decode}
 
 
 class _Run:

@@ -167,6 +167,21 @@ def render_html(result: ProfileResult) -> str:
           else f">= {fmt_energy(r['priced_subtotal_pj'])} (incomplete)"
           if r["priced_subtotal_pj"] is not None else "n/a (unsupported)",
           fmt_ratio(r["vs_ann_45nm"]), fmt_ratio(r["vs_gpu"])] for r in target_rows(result)]))
+    regimes = [(name, reg) for t in result.prices.values()
+               for name, reg in [(f"{t['target']['name']}: {k}", v)
+                                 for k, v in t.get("regimes", {}).items()]]
+    if regimes:
+        body.append("<h2>Prefill and decode</h2><p>Timesteps per token from the schedule the "
+                    "simulator runs: prompt tokens enter the pipeline one after another, a "
+                    "generated token waits for the previous token's logits.</p>")
+        body.append(_table(
+            ["", "timesteps / token", "energy / token", "latency / token", "time to first token"],
+            [[name, f"{reg['timesteps_per_token']:g}", fmt_energy(reg["energy_per_token_pj"]),
+              "n/a" if reg["latency_per_token_ns"] is None
+              else f"{reg['latency_per_token_ns'] / 1e3:.4g} us",
+              "" if reg.get("ttft_ns") is None else
+              f"{reg['ttft_ns'] / 1e3:.4g} us ({reg['prompt_tokens']} prompt tokens)"]
+             for name, reg in regimes]))
     pp = result.paper
     body.append(f"<p>The paper's formula: E<sub>ANN</sub> = {pp['ann_ops']:,} MACs x "
                 f"{pp['e_mac_pj']:g} pJ = {fmt_energy(pp['ann_pj'])}; E<sub>SNN</sub> = "

@@ -10,10 +10,13 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
   timesteps x the work-based timestep (the slowest core, network hops, barrier) + host compute
   time (host ops x the host-timing profile's time per op, default ``cpu``) + chip-host
   transfers (crossings x T[chip_io_crossing] + bytes x T[chip_io_byte]), kept as terms. A
-  clocked target with a stated ``[timing] timestep`` uses that tick instead. timesteps per token
-  defaults to the pipeline depth of the Lava simulation: Dense hops on the longest path + 1
-  (only a Dense delays by a timestep; the +1 feeds the sampled token back), which `simulate`
-  measures as its timesteps per token; chips and cores per node come from the mapping
+  clocked target with a stated ``[timing] timestep`` uses that tick instead. The timesteps per
+  token come from the schedule the Lava simulation runs (``simulation_schedule``), in two
+  regimes: decode (a generated token waits for the previous token's logits: one timestep per
+  Dense hop on the longest path; the default ``timesteps_per_token``) and prefill (prompt or
+  held-out tokens enter the pipeline one after another, ``prefill_timesteps_per_token`` apart;
+  time to first token = (prompt tokens - 1) x the prefill latency per token + the latency of
+  one token through the pipeline's depth); chips and cores per node come from the mapping
   (``resources.map_resources``) when given.
 - host = sum over kinds of count x E_host[kind] (``lookup_byte`` priced as ``memory_byte``)
 - I/O = chip-host bytes x E[chip_io_byte]
@@ -46,6 +49,9 @@ from .latency import (WORK_TIMES, core_times, fixed_timestep, host_time_ns, io_t
                       mean_mesh_distance, timestep_latency, token_latency)
 
 PAPER_FIRING_RATE = 0.15
+# the prompt length the TTFT is stated for (the 500-token input of Abreu et al. 2025's Loihi 2
+# time-to-first-token comparison)
+DEFAULT_PROMPT_TOKENS = 500
 PAPER_PROFILE = "cmos45nm"
 DEFAULT_HOST_TIMING = "cpu"   # the profile whose [timing] gives the host's time per op
 DEFAULT_SENSITIVITY_FACTOR = 2.0
@@ -229,7 +235,8 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
                  timesteps: float | None = None, hops: float | None = None,
                  sensitivity_factor: float = DEFAULT_SENSITIVITY_FACTOR, *,
                  resources: Mapping[str, Any] | None = None,
-                 host_timing: HardwareProfile | None = None) -> dict[str, Any]:
+                 host_timing: HardwareProfile | None = None,
+                 prompt_tokens: int = DEFAULT_PROMPT_TOKENS) -> dict[str, Any]:
     """Per-token energy and latency of ``counts`` on ``chip`` (host ops on ``host``, host
     compute time on ``host_timing``, default the ``cpu`` profile); ``resources`` is
     ``map_resources`` of the partitioned IR (cores per node, chips). See the docstring."""
@@ -264,12 +271,13 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
                       ("estimate_div", {"kind_factors": {"estimate": 1 / k}})):
         sens[label] = _total(_price(counts, chip, host, steps, hop, mapping["chips"],
                                     **kw, **extra)[0])[0]  # type: ignore[arg-type]
+    regimes = _regimes(counts, chip, host, steps, hop, mapping["chips"], prompt_tokens, extra)
     return {
         "target": {"name": chip.name, "title": chip.title, "sha256": chip.sha256},
         "host": {"name": host.name, "title": host.title, "sha256": host.sha256},
         "tokens": counts.tokens, "policy": counts.policy, "partitioned_for": counts.target,
         "timesteps_per_token": steps, "latency_ns": core["latency_ns"],
-        "latency": core["latency"],
+        "latency": core["latency"], "regimes": regimes,
         "mapping": {**mapping, "hops_per_message": hop},
         "layers": core["layers"], "host_by_kind": core["host_by_kind"],
         "per_token": {**parts, "total": None if unsupported else subtotal,
@@ -290,6 +298,29 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
             "host float ops priced per op; weight memory traffic on the host is not counted",
             *mapping["notes"]],
     }
+
+
+def _regimes(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, decode: float,
+             hops: float, chips: int, prompt_tokens: int, extra: dict[str, Any]
+             ) -> dict[str, Any]:
+    """Energy and latency per token of prefill and decode, from the schedule's timesteps."""
+    pipe = counts.pipeline
+    prefill = float(pipe.get("prefill_timesteps_per_token", decode))
+    depth = float(pipe.get("depth_timesteps", decode))
+    out: dict[str, Any] = {}
+    for name, steps in (("prefill", prefill), ("decode", decode)):
+        core, _ = _price(counts, chip, host, steps, hops, chips, **extra)
+        out[name] = {"timesteps_per_token": steps, "tokens_per_timestep": 1.0 / max(steps, 1e-9),
+                     "energy_per_token_pj": _total(core)[0], "latency_per_token_ns":
+                     core["latency_ns"], "static_per_token_pj": core["static"]}
+    one = _price(counts, chip, host, depth, hops, chips, **extra)[0]["latency_ns"]
+    ttft_steps = (max(int(prompt_tokens), 1) - 1) * prefill + depth
+    pre = out["prefill"]["latency_per_token_ns"]
+    out["depth_latency_ns"] = one
+    out["prefill"].update(prompt_tokens=int(prompt_tokens), ttft_timesteps=ttft_steps,
+                          ttft_ns=None if one is None or pre is None
+                          else (max(int(prompt_tokens), 1) - 1) * pre + one)
+    return out
 
 
 def load_host(chip: HardwareProfile, override: str | None = None) -> HardwareProfile:

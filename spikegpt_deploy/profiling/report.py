@@ -187,7 +187,17 @@ def render_table(result: ProfileResult) -> str:
     lines += ["", f"static: {fmt_energy(pt['chip_static'])} per token over the "
               f"{fmt_time(price.get('latency_ns'))} latency ({price['mapping']['chips']} chip(s), "
               f"{price['mapping']['cores']} core(s), {price['mapping']['hops_per_message']:.2f} "
-              f"hops/message)", ""]
+              f"hops/message)"]
+    for name, reg in price.get("regimes", {}).items():
+        ttft = ""
+        if name == "prefill" and reg.get("ttft_ns") is not None:
+            ttft = (f"; TTFT for {reg['prompt_tokens']} prompt tokens "
+                    f"{reg['ttft_ns'] / 1e3:.4g} us ({reg['ttft_timesteps']:g} timesteps)")
+        lat = reg["latency_per_token_ns"]
+        lines.append(f"{name}: {reg['timesteps_per_token']:g} timestep(s) per token, "
+                     f"{fmt_energy(reg['energy_per_token_pj'])} per token"
+                     + ("" if lat is None else f", {lat / 1e3:.4g} us per token") + ttft)
+    lines.append("")
     head = f"{'per token':<46}{'total':>11}{'vs ANN 45nm':>13}{'vs GPU':>10}"
     lines += [head, "-" * len(head)]
     for r in target_rows(result):

@@ -1,0 +1,140 @@
+"""The pipelined Lava network: teacher-forced evaluation (``evaluate BUNDLE --backend lava``)
+and the one schedule that the simulator runs and the profiler prices.
+
+A seeded tiny SpikeGPT (2 layers x 32, firing LIFs) is converted once per module; each Lava run
+is two processes for a few dozen timesteps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # lava's wheels install a top-level `tests` package
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+pytest.importorskip("lava")
+torch = pytest.importorskip("torch")
+
+from conftest import make_tiny_model, random_text  # noqa: E402
+from proc_watch import descendants  # noqa: E402
+from spikegpt_deploy import api, simulation  # noqa: E402
+from spikegpt_deploy.bundle import load_bundle  # noqa: E402
+from spikegpt_deploy.checkpoint import load_checkpoint, save_model  # noqa: E402
+from spikegpt_deploy.data import CharTokenizer  # noqa: E402
+from spikegpt_deploy.errors import DataError, SimulationError  # noqa: E402
+from spikegpt_deploy.passes.quantize import emulator  # noqa: E402
+from spikegpt_deploy.simulation_pipelined import evaluate_tokens  # noqa: E402
+from spikegpt_deploy.simulation_schedule import schedule_of  # noqa: E402
+
+_EXE = Path(sys.executable).with_name("spikegpt-deploy")
+CLI = [str(_EXE)] if _EXE.is_file() else [sys.executable, "-m", "spikegpt_deploy.cli"]
+TEXT = random_text(4000, seed=2)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    tok = CharTokenizer.from_text(TEXT)
+    model = make_tiny_model(n_layer=2, n_embd=32, vocab_size=tok.vocab_size, seed=2)
+    path = tmp_path_factory.mktemp("pipe") / "tiny.pt"
+    save_model(model, path, tok)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(model_file) -> Path:
+    return api.convert(model_file, model_file.with_suffix(".bundle"), force=True)[0]
+
+
+@pytest.fixture(scope="module")
+def held_out(bundle) -> list[int]:
+    return load_bundle(bundle).tokenizer.encode(TEXT[-48:])
+
+
+def test_schedule_regimes(bundle):
+    s = schedule_of(load_bundle(bundle).ir)
+    assert (s.depth, s.interval, s.decode, s.rounds) == (2 * 2 + 2, 1, 2 * 2 + 1, 1)
+    assert s.starts(3, 2) == [0, 1, 2, 7, 12]
+    assert s.num_steps(3, 2) == 12 + s.depth
+    reg = s.regimes(100)
+    assert reg["prefill"]["ttft_timesteps"] == 99 + s.depth
+    assert reg["prefill"]["tokens_per_timestep"] == 1.0
+    assert reg["decode"]["timesteps_per_token"] == 5.0
+
+
+def test_fixed_evaluation_equals_the_emulation_exactly(bundle, held_out):
+    ev = evaluate_tokens(bundle, held_out, "fixed")
+    ref_logits, _ = emulator(load_bundle(bundle).ir).run(np.asarray([held_out]))
+    assert ev.spikes_identical and ev.spike_agreement == 1.0
+    assert ev.max_abs_logit_diff == 0.0
+    assert ev.bits_per_token == ev.reference_bits_per_token  # to the last digit
+    assert ev.bits_per_token == simulation.bits_per_token(ref_logits[0], held_out[1:])
+    assert ev.timesteps == len(held_out) - 1 + 2 * 2 + 2  # one token per timestep
+    assert ev.processes == {"HostPipe": 1, "ChipCore": 1}
+
+
+@torch.no_grad()
+def test_float_evaluation_matches_pytorch(model_file, bundle, held_out):
+    r = simulation.simulate(bundle, held_out, 0, "float")
+    model = load_checkpoint(model_file).model
+    state, logits = model.init_state(1), []
+    with model.record_spikes() as rec:
+        for t in held_out:
+            out, state = model.step(torch.tensor([t]), state)
+            logits.append(out[0].numpy())
+    assert np.max(np.abs(r.logits - np.stack(logits))) < 1e-3
+    for name, s in rec.spikes().items():
+        assert np.array_equal(r.spikes[name], s[0].numpy()), name
+    ev = evaluate_tokens(bundle, held_out, "float")
+    assert abs(ev.bits_per_token - simulation.bits_per_token(np.stack(logits), held_out[1:])) < 1e-3
+
+
+def test_pipelined_and_per_population_networks_agree(bundle, held_out):
+    a = simulation.simulate(bundle, held_out[:10], 6, "fixed", simulation.SamplingOptions(0.0))
+    b = simulation.simulate(bundle, held_out[:10], 6, "fixed", simulation.SamplingOptions(0.0),
+                            network="populations")
+    assert a.generated_ids == b.generated_ids and np.array_equal(a.logits, b.logits)
+    assert all(np.array_equal(a.spikes[k], b.spikes[k]) for k in b.spikes)
+    assert all(np.array_equal(a.traffic[k], b.traffic[k]) for k in b.traffic)
+    assert a.num_steps < b.num_steps
+
+
+def test_cli_evaluate_lava(bundle, tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text(TEXT)
+    p = subprocess.run([*CLI, "evaluate", str(bundle), "--backend", "lava", "--precision",
+                        "fixed", "--data", str(data), "--max-tokens", "40", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout)
+    assert out["tokens"] == 40 and out["spikes_identical"]
+    assert out["bits_per_token"] == out["reference_bits_per_token"]
+    p = subprocess.run([*CLI, "evaluate", "--backend", "lava"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 1 and "pass BUNDLE" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_evaluation_input(bundle):
+    with pytest.raises(DataError, match="at least 2 tokens"):
+        evaluate_tokens(bundle, [1], "fixed")
+    with pytest.raises(DataError, match="outside the vocabulary"):
+        evaluate_tokens(bundle, [1, 10 ** 6], "fixed")
+    with pytest.raises(SimulationError, match="precision"):
+        evaluate_tokens(bundle, [1, 2], "double")
+
+
+def test_host_fault_in_the_pipelined_network_is_reported_and_cleaned_up(bundle):
+    before = set(descendants(os.getpid()))
+    t0 = time.monotonic()
+    with pytest.raises(SimulationError, match="injected fault in host stage 'host' at token 3"):
+        simulation.simulate(bundle, [1, 2, 3, 4, 5], 4, "fixed", fault=("host", 3))
+    assert time.monotonic() - t0 < 60
+    assert set(descendants(os.getpid())) <= before
