@@ -393,7 +393,7 @@ def test_cli_simulate_leaves_nothing_behind(bundle, ending):
     """Every way a ``simulate`` can end leaves no process and no /dev/shm segment of the run:
     right away when the command's own code runs to the end, within seconds after a SIGKILL of
     the command (the run's child watches its parent)."""
-    tokens = {"return": "120", "error": "100000"}.get(ending, "100000")
+    tokens = {"return": "2000", "error": "100000"}.get(ending, "100000")  # return: >= seconds
     timeout = ["--timeout", "40"] if ending == "error" else []
     with Spawned([*CLI, "simulate", str(bundle), "--prompt", TEXT[:10], "--tokens", tokens,
                   "--temperature", "0", *timeout], cwd=ROOT) as run:
