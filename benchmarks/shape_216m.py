@@ -44,10 +44,16 @@ def ensure_216m_bundle(work: Path) -> Path:
     from spikegpt_deploy.data import load_corpus
     from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig
 
+    import json
+
+    from spikegpt_deploy.bundle import BUNDLE_FORMAT_VERSION
+
     work.mkdir(parents=True, exist_ok=True)
     bundle = work / "216m.bundle"
-    if (bundle / "manifest.json").is_file():
-        return bundle
+    manifest = bundle / "manifest.json"
+    if manifest.is_file() and \
+            json.loads(manifest.read_text()).get("format_version") == BUNDLE_FORMAT_VERSION:
+        return bundle  # built before in this format: reused
     pth, tok = work / "216m.pth", work / "words.json"
     if not tok.is_file():
         tok.write_text(word_tokenizer_json(SHAPE_216M["vocab_size"], load_corpus("kjv").train))
