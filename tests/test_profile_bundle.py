@@ -72,7 +72,7 @@ def test_profile_cli_on_a_bundle_sigterm_leaves_nothing_behind(files, tmp_path: 
     corpus.write_text(short.read_text(encoding="utf-8") * 60, encoding="utf-8")
     with Spawned([str(_EXE), "profile", str(bundle), "--data", str(corpus), "--tokens", "15000",
                   "-o", str(tmp_path / "prof")], cwd=tmp_path) as run:
-        started = run.wait_until(lambda: len(run.seen) >= 3 and run.segments, 180)  # child, Lava
+        started = run.wait_until(lambda: len(run.seen) >= 6 and run.segments, 180)  # all up
         assert started and run.proc.poll() is None, f"the run did not start: {run.output()}"
         run.proc.send_signal(signal.SIGTERM)
         rc = run.wait_exit(120)

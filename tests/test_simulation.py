@@ -398,7 +398,7 @@ def test_cli_simulate_leaves_nothing_behind(bundle, ending):
     with Spawned([*CLI, "simulate", str(bundle), "--prompt", TEXT[:10], "--tokens", tokens,
                   "--temperature", "0", *timeout], cwd=ROOT) as run:
         # until the Lava network runs and tokens stream out of it
-        started = run.wait_until(lambda: len(run.seen) >= 3 and run.segments  # child, Lava, net
+        started = run.wait_until(lambda: len(run.seen) >= 6 and run.segments  # all 6 up
                                  and (run.output()[0] or run.proc.poll() is not None), 180)
         assert started and run.segments, f"the simulation did not start: {run.output()}"
         if ending.startswith("SIG"):
