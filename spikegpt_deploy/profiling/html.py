@@ -169,7 +169,8 @@ def render_html(result: ProfileResult) -> str:
           fmt_ratio(r["vs_ann_45nm"]), fmt_ratio(r["vs_gpu"])] for r in target_rows(result)]))
     regimes = [(name, reg) for t in result.prices.values()
                for name, reg in [(f"{t['target']['name']}: {k}", v)
-                                 for k, v in t.get("regimes", {}).items()]]
+                                 for k, v in t.get("regimes", {}).items()
+                                 if isinstance(v, dict)]]
     if regimes:
         body.append("<h2>Prefill and decode</h2><p>Timesteps per token from the schedule the "
                     "simulator runs: prompt tokens enter the pipeline one after another, a "

@@ -188,7 +188,8 @@ def render_table(result: ProfileResult) -> str:
               f"{fmt_time(price.get('latency_ns'))} latency ({price['mapping']['chips']} chip(s), "
               f"{price['mapping']['cores']} core(s), {price['mapping']['hops_per_message']:.2f} "
               f"hops/message)"]
-    for name, reg in price.get("regimes", {}).items():
+    regimes = price.get("regimes", {})
+    for name, reg in ((k, v) for k, v in regimes.items() if isinstance(v, dict)):
         ttft = ""
         if name == "prefill" and reg.get("ttft_ns") is not None:
             ttft = (f"; TTFT for {reg['prompt_tokens']} prompt tokens "
