@@ -193,11 +193,11 @@ def render_table(result: ProfileResult) -> str:
         ttft = ""
         if name == "prefill" and reg.get("ttft_ns") is not None:
             ttft = (f"; TTFT for {reg['prompt_tokens']} prompt tokens "
-                    f"{reg['ttft_ns'] / 1e3:.4g} us ({reg['ttft_timesteps']:g} timesteps)")
+                    f"{fmt_time(reg['ttft_ns'])} ({reg['ttft_timesteps']:g} timesteps)")
         lat = reg["latency_per_token_ns"]
         lines.append(f"{name}: {reg['timesteps_per_token']:g} timestep(s) per token, "
                      f"{fmt_energy(reg['energy_per_token_pj'])} per token"
-                     + ("" if lat is None else f", {lat / 1e3:.4g} us per token") + ttft)
+                     + ("" if lat is None else f", {fmt_time(lat)} per token") + ttft)
     lines.append("")
     head = f"{'per token':<46}{'total':>11}{'vs ANN 45nm':>13}{'vs GPU':>10}"
     lines += [head, "-" * len(head)]
