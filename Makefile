@@ -29,6 +29,7 @@ demo: $(STAMP)
 	$(BIN)/spikegpt-deploy evaluate --data kjv --max-tokens 16384
 	$(BIN)/spikegpt-deploy generate --prompt "In the beginning" --tokens 160 --temperature 0.7 --seed 1
 	$(BIN)/spikegpt-deploy convert --target loihi2 --calibration kjv -o $(OUT)/bundle --force
+	$(BIN)/spikegpt-deploy evaluate $(OUT)/bundle --data kjv --max-tokens 16384
 	$(BIN)/spikegpt-deploy inspect $(OUT)/bundle
 	$(BIN)/spikegpt-deploy simulate $(OUT)/bundle --prompt "In the beginning" --tokens $(TOKENS) --precision float --temperature 0
 	$(BIN)/spikegpt-deploy simulate $(OUT)/bundle --prompt "In the beginning" --tokens $(TOKENS) --precision fixed --temperature 0

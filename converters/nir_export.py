@@ -163,7 +163,9 @@ def chip_weight(ir: IR, node_id: str) -> tuple[np.ndarray, str]:
     p, a = node["params"], node["attrs"]
     if "weight_q" not in p:
         return np.asarray(p["weight"], F32), "float"
-    if "weight_scale" in a:
+    if "weight_scale" in p:    # one scale per output channel
+        scale = np.asarray(p["weight_scale"], np.float64)[:, None]
+    elif "weight_scale" in a:
         scale = float(a["weight_scale"])
     elif a.get("output") == "lif_current":
         readers = ir.consumers(node_id)

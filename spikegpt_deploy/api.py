@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .checkpoint import LoadedModel, load_checkpoint
 from .data import BPETokenizer, Tokenizer, encode_split, load_corpus
@@ -18,6 +18,9 @@ from .evaluation import EvalResult, EvalSums, evaluate_ids
 from .inputs import check_count, check_real
 from .outputs import check_output
 from .sampling import SamplingOptions, encode_prompt, generate_ids
+
+if TYPE_CHECKING:
+    from .bundle_evaluation import BundleEvalResult
 
 DEFAULT_MODEL_ENV = "SPIKEGPT_DEPLOY_MODEL"
 DEFAULT_MODEL_NAME = "spikegpt-kjv-4x128.pt"
@@ -226,6 +229,12 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
             d["values"] += 1
             d["max_messages"] += c["width"]
             d["max_bytes"] += c["width"] * c["bits_per_element"] / 8
+        quant = manifest.get("quantization", {})
+        layers = {n: dict(q) for n, q in quant.get("layers", {}).items()}
+        for r in manifest["resources"]["layers"]:  # bits, cores and memory beside each layer
+            if r["node"] in layers and r["op"] in ("SpikeLinear", "Linear"):
+                layers[r["node"]].update(weight_bits=r["weight_bits"], cores=r["cores"],
+                                         synaptic_memory_bytes=r["synaptic_memory_bytes"])
         return {
             "bundle": str(path), "source_model": manifest["source_model"],
             "config": manifest["config"], "target": manifest["target"],
@@ -235,7 +244,9 @@ def inspect_bundle(path: str | Path) -> dict[str, Any]:
             "partition": manifest["partition"],
             "chip_weights": manifest.get("chip_weights"),
             "crossings_per_token": per_direction, "resources": manifest["resources"],
-            "quantization": manifest.get("quantization", {}).get("layers", {}),
+            "quantization": layers, "quality_budget": quant.get("budget"),
+            "quantization_method": {k: quant.get(k) for k in ("weight_bits", "scales", "rounding",
+                                                              "calibration_tokens")},
             "equivalence": manifest.get("equivalence"),
             "spike_driven_linears": sorted(k for k, v in manifest.get("fold_report", {}).items()
                                            if v.get("spike_driven")),
@@ -389,3 +400,85 @@ COMMANDS: dict[str, Callable[..., Any]] = {
     "simulate": simulate, "profile": profile, "crosscheck": crosscheck,
     "report": report, "targets": targets,
 }
+
+
+def find_source_model(bundle_path: Path, manifest: dict[str, Any],
+                      model: str | Path | None = None) -> tuple[Path | None, str | None]:
+    """The bundle's source model file (sha256 as recorded in the manifest), or why it is missing.
+
+    ``model`` given: it must be that file. Otherwise the recorded file name is looked for next to
+    the bundle, in the working directory and as the default model.
+    """
+    from .checkpoint import file_sha256
+
+    src = manifest.get("source_model") or {}
+    name, digest = src.get("file"), src.get("sha256")
+    if not name or not digest:
+        return None, "the bundle's manifest records no source model"
+    if model is not None:
+        path = Path(model)
+        if not path.is_file():
+            raise CheckpointError(f"--model {path}: no such file")
+        if file_sha256(path) != digest:
+            raise BundleError(f"--model {path}: sha256 differs from the bundle's source model "
+                              f"{name} ({digest[:12]}...); pass the file the bundle was "
+                              f"converted from")
+        return path, None
+    candidates = [bundle_path.parent / name, Path.cwd() / name]
+    try:
+        candidates.append(default_model_path())
+    except CheckpointError:
+        pass
+    for path in candidates:
+        if path.is_file() and path.name == name and file_sha256(path) == digest:
+            return path, None
+    return None, (f"source model {name} (sha256 {digest[:12]}...) not found next to the bundle "
+                  f"or in the working directory; pass --model PATH to compare with it")
+
+
+def evaluate_bundle(bundle: str | Path, data: str = "kjv", precision: str = "fixed",
+                    split: str = "valid", max_tokens: int | None = None,
+                    model: str | Path | None = None, compare: bool = True,
+                    backend: str = "numpy", batch_size: int = 256) -> "BundleEvalResult":
+    """Bits per token of a bundle's computation on held-out text, beside its source model."""
+    from .bundle import load_bundle
+    from .bundle_evaluation import (BACKENDS, BundleEvalResult, compare_source, evaluate_ir,
+                                    windows_of)
+
+    if backend not in BACKENDS:
+        raise DataError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if max_tokens is not None:
+        check_count(max_tokens, "--max-tokens", 1, 2**62)
+    b = load_bundle(bundle)
+    if b.tokenizer is None:
+        raise BundleError(f"{bundle}: the bundle has no tokenizer.json; re-run convert with "
+                          "--tokenizer")
+    window = int(b.ir.config["ctx_len"])
+    if max_tokens is not None and max_tokens < window:
+        raise DataError(f"--max-tokens {max_tokens} is less than one window of {window} tokens; "
+                        f"pass --max-tokens {window} or more")
+    ids = encode_split(b.tokenizer, load_corpus(data), split)
+    x, y = windows_of(ids, window, max_tokens)
+    tally, seconds = evaluate_ir(b.ir, precision, x, y, batch_size)
+    bits = {n: int(d["attrs"]["weight_bits"]) for n, d in b.ir.graph.nodes(data=True)
+            if "weight_bits" in d["attrs"]} if precision == "fixed" else {}
+    result = BundleEvalResult(
+        bundle=str(bundle), backend=backend, precision=precision, data=data, split=split,
+        bits_per_token=tally.bits_per_token, tokens=tally.tokens, windows=x.shape[0],
+        window_len=window, firing_rates=tally.rates(), seconds=seconds, weight_bits=bits)
+    if not compare:
+        result.source_missing = "comparison not requested"
+        return result
+    path, why = find_source_model(Path(bundle), b.manifest, model)
+    if path is None:
+        result.source_missing = why
+        return result
+    overrides = {k: b.ir.config[k] for k in ("binary_embedding", "rescale_every")
+                 if k in b.ir.config}
+    if path.suffix == ".onnx":
+        from converters.onnx_import import model_from_onnx
+        source = model_from_onnx(path)
+    else:
+        source = load_checkpoint(path, **overrides).model
+    result.source = compare_source(source, str(path), x, y, tally)
+    return result

@@ -38,6 +38,9 @@ class ConvertOptions:
     policy: str = "spikes"
     weight_bits: int = 8
     graded_bits: int = 8
+    scales: str = "channel"             # SpikeLinear scales: 'channel' | 'layer'
+    rounding: str = "gptq"              # SpikeLinear rounding: 'gptq' | 'nearest'
+    quality_budget: float | None = None  # bits/token of quantization cost: bits per chip linear
     calibration: str | None = None      # 'kjv' | text path | None: seeded random tokens
     calibration_tokens: int = 128     # = check_tokens: one float run serves both
     check_tokens: int = 128
@@ -53,6 +56,15 @@ class ConvertOptions:
         for name in ("weight_bits", "graded_bits"):
             check_count(getattr(self, name), f"--{name.replace('_', '-')}", 1, 64)
         check_count(self.seed, "seed", 0, 2**63 - 1)
+        if self.quality_budget is not None:
+            if not self.quality_budget > 0:
+                raise ConversionError(f"--quality-budget {self.quality_budget}: expected a "
+                                      "positive number of bits per token")
+            if self.calibration is None:
+                raise ConversionError("--quality-budget measures the quantization cost on real "
+                                      "text: pass --calibration kjv or a text file")
+            if self.scales != "channel":
+                raise ConversionError("--quality-budget needs per-channel scales")
 
 
 @dataclass
@@ -67,6 +79,7 @@ class ConvertContext:
     equivalence: dict[str, Any] | None = None
     calibration_ids: np.ndarray | None = None
     float_run: SequenceResult | None = None   # the float IR on the calibration tokens
+    bit_plan: Any = None                  # passes.bit_budget.BitPlan with --quality-budget
     steps_done: list[str] = field(default_factory=list)
 
     @property
@@ -108,26 +121,50 @@ def step_partition(ctx: ConvertContext) -> None:
     ctx.ir = partition(_ir(ctx), ctx.profile, ctx.options.policy, ctx.options.graded_bits)
 
 
-def _calibration_ids(ctx: ConvertContext) -> np.ndarray:
+def _calibration_text_ids(ctx: ConvertContext) -> np.ndarray:
+    """calibration_tokens + 1 token ids (the last one is only a target): seeded random tokens,
+    or the start of the training split of --calibration (never the held-out splits, on which
+    the bundle is evaluated)."""
     opts = ctx.options
     vocab = int(_ir(ctx).config["vocab_size"])
     if opts.calibration is None:
         rng = np.random.default_rng(opts.seed)
-        return rng.integers(0, vocab, size=(1, opts.calibration_tokens))
+        return rng.integers(0, vocab, size=opts.calibration_tokens + 1)
     if ctx.tokenizer is None:
         raise ConversionError("--calibration needs a tokenizer; the model file has none "
                               "(pass --tokenizer)")
-    ids = encode_split(ctx.tokenizer, load_corpus(opts.calibration), "valid")
-    return ids[None, : opts.calibration_tokens]
+    ids = encode_split(ctx.tokenizer, load_corpus(opts.calibration), "train")
+    return ids[: opts.calibration_tokens + 1]
+
+
+def _calibration_windows(ctx: ConvertContext, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration tokens as the model's training windows (B, ctx_len) and their next tokens,
+    when there are at least two windows; else one sequence (1, T)."""
+    window = int(_ir(ctx).config.get("ctx_len", 0)) or len(ids) - 1
+    n = (len(ids) - 1) // window
+    if n < 2:
+        return ids[None, :-1], ids[None, 1:]
+    return ids[: n * window].reshape(n, window), ids[1: n * window + 1].reshape(n, window)
 
 
 def step_quantize(ctx: ConvertContext) -> None:
-    ctx.calibration_ids = _calibration_ids(ctx)
+    opts = ctx.options
+    ids = _calibration_text_ids(ctx)
+    ctx.calibration_ids = ids[None, :-1]
     # One float run gives the calibration's peaks and, for the check, the float IR's logits and
     # spikes: quantize only annotates chip nodes, so the float program it leaves is this one.
     ctx.float_run = Executor(_ir(ctx)).run_sequence(ctx.calibration_ids, peaks=True)
-    ctx.ir = quantize(_ir(ctx), ctx.calibration_ids, ctx.options.weight_bits,
-                      peaks=ctx.float_run.peaks)
+    x, y = _calibration_windows(ctx, ids)
+    if opts.quality_budget is not None:
+        from .passes.bit_budget import plan_bits
+        from .resources import Capacity
+        assert ctx.profile is not None
+        ctx.ir, ctx.bit_plan = plan_bits(_ir(ctx), x, y, opts.quality_budget,
+                                         Capacity.of(ctx.profile), opts.rounding)
+    else:
+        same = x.shape == ctx.calibration_ids.shape  # one sequence: the peaks are the float run's
+        ctx.ir = quantize(_ir(ctx), x, opts.weight_bits, scales=opts.scales,
+                          rounding=opts.rounding, peaks=ctx.float_run.peaks if same else None)
 
 
 def step_resources(ctx: ConvertContext) -> None:

@@ -43,12 +43,37 @@ def _weight_of(data: dict) -> np.ndarray | None:
     return None
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """A core's limits from the target profile's capacity table."""
+
+    neurons_per_core: int
+    synaptic_memory_per_core_bytes: float
+    fan_in_per_core: int
+    cores_per_chip: int
+
+    @classmethod
+    def of(cls, profile: HardwareProfile) -> "Capacity":
+        return cls(profile.capacity_count("neurons_per_core"),
+                   profile.value("capacity", "synaptic_memory_per_core", "B"),
+                   profile.capacity_count("fan_in_per_core"),
+                   profile.capacity_count("cores_per_chip"))
+
+    def cores(self, neurons: int, fan_in: int, synapses: int, bits: int
+              ) -> tuple[int, int, str]:
+        """(cores, synaptic memory in bytes, what limits the cores) of one layer."""
+        memory = math.ceil(synapses * bits / 8)
+        needs = {"neurons": math.ceil(neurons / self.neurons_per_core), "synaptic memory":
+                 math.ceil(memory / self.synaptic_memory_per_core_bytes),
+                 "fan-in": math.ceil(fan_in / self.fan_in_per_core)}
+        limited_by = max(needs, key=lambda k: needs[k])
+        return max(1, needs[limited_by]), memory, limited_by
+
+
 def map_resources(ir: IR, profile: HardwareProfile, weight_bits: int = 8) -> dict:
     """Resources per chip node and totals (cores, chips) for a partitioned IR."""
-    npc = profile.capacity_count("neurons_per_core")
-    mem_per_core = profile.value("capacity", "synaptic_memory_per_core", "B")
-    fan_in_max = profile.capacity_count("fan_in_per_core")
-    per_chip = profile.capacity_count("cores_per_chip")
+    cap = Capacity.of(profile)
+    per_chip = cap.cores_per_chip
     layers: list[LayerResources] = []
     for n, d in ir.graph.nodes(data=True):
         if d.get("placement", HOST) == HOST or d["op"] in ("StateIn", "StateOut"):
@@ -70,12 +95,9 @@ def map_resources(ir: IR, profile: HardwareProfile, weight_bits: int = 8) -> dic
             bits = 1  # one identity synapse per neuron from its input
         else:
             raise ConversionError(f"node '{n}': no resource model for chip op {op}")
-        memory = math.ceil(synapses * bits / 8)
-        needs = {"neurons": math.ceil(neurons / npc), "synaptic memory":
-                 math.ceil(memory / mem_per_core), "fan-in": math.ceil(fan_in / fan_in_max)}
-        limited_by = max(needs, key=lambda k: needs[k])
+        cores, memory, limited_by = cap.cores(neurons, fan_in, synapses, bits)
         layers.append(LayerResources(n, d["module"], op, neurons, synapses, bits, memory, fan_in,
-                                     max(1, needs[limited_by]), limited_by))
+                                     cores, limited_by))
     cores = sum(r.cores for r in layers)
     return {
         "target": profile.name,

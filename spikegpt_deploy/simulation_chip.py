@@ -15,7 +15,8 @@ and host-port helpers). What it plans, per precision:
   (the SpikeSum, realised by identity connections plus a phase-multiplexed readout). fixed: the
   weights are the quantized mantissas shifted left by k = 9 - weight_bits with weight_exp = -k
   (so Lava's mixed-sign LSB drop loses nothing and the Dense delivers the exact integer sum of
-  mantissas); the host multiplies that integer by the layer's weight_scale, as QUANT_OPS does.
+  mantissas); the host multiplies that integer by the layer's weight_scale (one per output
+  channel when the quantizer gave each its own), as QUANT_OPS does.
 - chip Linear (policy graded) -> its own ``Dense`` with graded input (num_message_bits > 0). Into
   a LIF (att.output): fixed uses the quantize pass's Lava weights and exponent, and the Dense's
   output is the LIF's a_in; float uses W / tau. Into the host (ffn.value): as a SpikeLinear.
@@ -31,6 +32,7 @@ import numpy as np
 from . import fixed_point as fp
 from .errors import SimulationError
 from .ir import Port
+from .passes.quantize import readout_scale
 from .profiling.counts import layer_of
 from .simulation_stage import PortEntry
 
@@ -103,15 +105,19 @@ class ChipWiring:
                     raise SimulationError(f"'{c}' reads the membrane of LIF '{n}'; only the LIF "
                                           "itself may (it stays on the chip)")
 
-    def _weights(self, n: str, scale: float = 1.0) -> tuple[np.ndarray, dict, tuple]:
-        """Dense weights, kwargs and readout codec for a host readout of chip linear n."""
+    def _weights(self, n: str, scale: float = 1.0, dense_bits: int | None = None
+                 ) -> tuple[np.ndarray, dict, tuple]:
+        """Dense weights, kwargs and readout codec for a host readout of chip linear n (held in
+        a Dense of ``dense_bits`` >= its own weight bits, if given)."""
         d = self.ir.node(n)
         if not self.fixed:
             return d["params"]["weight"].astype(np.float64), {}, ("float",)
         self._require(n, "weight_q", "weight_bits", "weight_scale")
-        kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"], d["attrs"]["weight_bits"])
+        kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"],
+                                      max(int(d["attrs"]["weight_bits"]), dense_bits or 0))
         w = kw.pop("weights")  # the Dense sums mantissas exactly; the host scales the sum
-        return w, kw, ("scale", float(d["attrs"]["weight_scale"]) * scale)
+        # one float for the layer, or one per output channel (readout_scale)
+        return w, kw, ("scale", readout_scale(d) * scale)
 
     def _require(self, n: str, *keys: str) -> None:
         d = self.ir.node(n)
@@ -140,8 +146,13 @@ class ChipWiring:
             groups.setdefault(key, []).append(n)
         for (stage, layer), sls in groups.items():
             parts, rows, r, kws = [], {}, 0, []
+            # A quality budget may give a layer's linears different widths; one Dense holds them
+            # at the widest: a b-bit mantissa is also a wider one, so every integer sum is the
+            # same (resources still count each linear at its own width).
+            widest = max((int(self.ir.node(n)["attrs"].get("weight_bits", 0)) for n in sls),
+                         default=0) or None
             for n in sls:
-                w, kw, codec = self._weights(n)
+                w, kw, codec = self._weights(n, dense_bits=widest)
                 parts.append(w)
                 rows[n] = (r, r + w.shape[0], codec)
                 r += w.shape[0]

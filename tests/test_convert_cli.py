@@ -99,7 +99,15 @@ def test_inspect_json(workdir: Path, converted: Path) -> None:
     assert info["quantization"] and all("op" in q for q in info["quantization"].values())
     manifest = verify_bundle(converted)
     assert info["resources"] == manifest["resources"]
-    assert info["quantization"] == manifest["quantization"]["layers"]
+    # each chip layer's quantization report, with its bits, cores and memory beside it
+    assert set(info["quantization"]) == set(manifest["quantization"]["layers"])
+    by_node = {r["node"]: r for r in manifest["resources"]["layers"]}
+    for n, q in info["quantization"].items():
+        assert {k: v for k, v in q.items() if k not in ("cores", "synaptic_memory_bytes")} \
+            == manifest["quantization"]["layers"][n]
+        if q["op"] == "SpikeLinear":
+            assert q["weight_bits"] == 8 and q["cores"] == by_node[n]["cores"] >= 1
+            assert q["synaptic_memory_bytes"] == by_node[n]["synaptic_memory_bytes"] > 0
     # The text form prints the same summary.
     text = cli("inspect", "out.bundle", cwd=workdir)
     assert text.returncode == 0, text.stderr

@@ -106,7 +106,9 @@ def test_nir_read_round_trip(irs, tmp_path, policy):
         d = ir.node(n)
         assert back.nodes[n].metadata == {"ir_op": d["op"], "module": d["module"]}
         if d["op"] == "SpikeLinear":
-            expect = (d["params"]["weight_q"] * d["attrs"]["weight_scale"]).astype(np.float32)
+            scale = (d["params"]["weight_scale"][:, None] if "weight_scale" in d["params"]
+                     else d["attrs"]["weight_scale"])
+            expect = (d["params"]["weight_q"] * scale).astype(np.float32)
             assert np.array_equal(back.nodes[n].weight, expect)
     assert back.metadata["dt_s"] == NIR_DT_S
     assert info.weights == "dequantized"

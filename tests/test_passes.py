@@ -23,7 +23,7 @@ from spikegpt_deploy.ir import IR, Port, infer_value_classes
 from spikegpt_deploy.ir_io import ir_to_json
 from spikegpt_deploy.partition import partition
 from spikegpt_deploy.passes.fold import fold_layernorm
-from spikegpt_deploy.passes.quantize import emulator, quantize
+from spikegpt_deploy.passes.quantize import calibration_stats, emulator, quantize
 
 VOCAB, N_LAYER, N_EMBD, N_TOKENS = 30, 3, 16, 48
 LOIHI2 = load_profile("loihi2")
@@ -355,13 +355,15 @@ def test_graded_policy_emulation_agrees_with_float_ir() -> None:
     assert float(np.mean(agree)) >= 0.6, agree
 
 
-@pytest.mark.parametrize("binary", [True, False])
-def test_emulation_equals_independent_recomputation(binary: bool) -> None:
-    """Each token, every chip SpikeLinear's output is exactly x @ (weight_q * weight_scale).T
-    (integer inputs, power-of-two scale: exact in float64) and every chip LIF's step is exactly
-    Lava's fixed LIF (lif_fixed_step) with map_lif parameters on the rounded current."""
+@pytest.mark.parametrize("binary,bits,scales", [(True, 8, "channel"), (False, 8, "channel"),
+                                                 (True, 4, "channel"), (False, 2, "channel"),
+                                                 (True, 8, "layer"), (False, 3, "layer")])
+def test_emulation_equals_independent_recomputation(binary: bool, bits: int, scales: str) -> None:
+    """Each token, every chip SpikeLinear's output is exactly the int64 sum x @ weight_q.T times
+    its scale (one per layer or per output channel), and every chip LIF's step is exactly Lava's
+    fixed LIF (lif_fixed_step) with map_lif parameters on the rounded current."""
     placed = partition(fold_layernorm(model_ir("RWKV", 1, binary_embedding=binary)), LOIHI2)
-    q = quantize(placed, CALIBRATION, 8)
+    q = quantize(placed, CALIBRATION, bits, scales=scales)
     ex = emulator(q)
     state = ex.init_state(2)
     tokens = tokens_for(1, n=24)
@@ -376,8 +378,13 @@ def test_emulation_equals_independent_recomputation(binary: bool) -> None:
             (src,) = q.inputs(n)
             x = res.values[(src.node, src.port)]
             assert np.array_equal(x, np.rint(x)), n          # spikes / spike counts
-            w = d["params"]["weight_q"].astype(np.float64) * d["attrs"]["weight_scale"]
-            want = (x.astype(np.float64) @ w.T).astype(np.float32)
+            assert np.abs(d["params"]["weight_q"]).max() <= 2 ** (bits - 1) - 1
+            scale = (d["params"]["weight_scale"] if scales == "channel"
+                     else d["attrs"]["weight_scale"])
+            assert np.shape(scale) == ((d["params"]["weight_q"].shape[0],)
+                                       if scales == "channel" else ())
+            acc = x.astype(np.int64) @ d["params"]["weight_q"].astype(np.int64).T
+            want = (acc * np.asarray(scale, np.float64)).astype(np.float32)
             assert np.array_equal(res.values[(n, 0)], want), (t, n)
         for n in lifs:
             d = q.node(n)
@@ -395,9 +402,10 @@ def test_emulation_equals_independent_recomputation(binary: bool) -> None:
     assert fired > 0
 
 
-def test_quantization_report_and_error_shrink_with_bits() -> None:
+def test_quantization_report_and_error_shrink_with_bits_layer_scales() -> None:
     placed = partition(fold_layernorm(model_ir("RWKV-ffnPre", 2)), LOIHI2)
-    q4, q8 = quantize(placed, CALIBRATION, 4), quantize(placed, CALIBRATION, 8)
+    q4 = quantize(placed, CALIBRATION, 4, scales="layer", rounding="nearest")
+    q8 = quantize(placed, CALIBRATION, 8, scales="layer", rounding="nearest")
     chip = {n for n, d in placed.graph.nodes(data=True) if d["placement"] == "loihi2"
             and d["op"] in ("SpikeLinear", "LIF")}
     for q, bits in ((q4, 4), (q8, 8)):
@@ -424,6 +432,36 @@ def test_quantization_report_and_error_shrink_with_bits() -> None:
     for bad in (1, 9):
         with pytest.raises(ConversionError, match="weight-bits"):
             quantize(placed, CALIBRATION, bad)
+
+
+def test_channel_scales_and_gptq_lower_the_output_error() -> None:
+    """Per-channel scales: every row's mantissas fill +-qmax after clipping at most to half the
+    row's max |w|; GPTQ lowers the error of W x on the calibration inputs below round-to-nearest
+    with the same scales, at every width (its objective), and 'nearest' is within half a step."""
+    placed = partition(fold_layernorm(model_ir("RWKV", 2)), LOIHI2)
+    stats = calibration_stats(placed, CALIBRATION)
+    for bits in (2, 4, 6, 8):
+        qmax = 2 ** (bits - 1) - 1
+        g = quantize(placed, CALIBRATION, bits, stats=stats)
+        r = quantize(placed, CALIBRATION, bits, rounding="nearest", stats=stats)
+        assert g.meta["quantization"]["scales"] == "channel"
+        for n, eg in g.meta["quantization"]["layers"].items():
+            if eg["op"] != "SpikeLinear":
+                continue
+            er = r.meta["quantization"]["layers"][n]
+            assert (eg["rounding"], er["rounding"]) == ("gptq", "nearest")
+            d, dr = g.node(n), r.node(n)
+            w = d["params"]["weight"].astype(np.float64)
+            scale = d["params"]["weight_scale"]
+            assert np.array_equal(scale, dr["params"]["weight_scale"])
+            amax = np.abs(w).max(axis=1)
+            assert np.all(scale * qmax <= amax * (1 + 1e-12))
+            assert np.all(scale * qmax >= 0.5 * amax * (1 - 1e-12))
+            err = dr["params"]["weight_q"] * scale[:, None] - w
+            clipped = np.abs(w) > scale[:, None] * qmax
+            assert np.all(np.abs(err[~clipped]) <= (scale[:, None] / 2 + 1e-12)
+                          .repeat(w.shape[1], 1)[~clipped])
+            assert eg["output_mse"] <= er["output_mse"] * (1 + 1e-9), (bits, n)
 
 
 @pytest.mark.parametrize("policy", ["spikes", "graded"])

@@ -192,6 +192,28 @@ def test_graded_policy_both_precisions(model_file, prompt):
         assert np.max(np.abs(r.logits - logits[0])) < 1e-3
 
 
+@pytest.mark.parametrize("options", [{"weight_bits": 2}, {"weight_bits": 4}, {"weight_bits": 6},
+                                     {"weight_bits": 4, "scales": "layer", "rounding": "nearest"},
+                                     {"quality_budget": 0.5}],
+                         ids=["2bit", "4bit", "6bit", "4bit-layer-nearest", "budget-mix"])
+def test_fixed_is_spike_exact_at_every_bit_width(model_file, prompt, tmp_path, options):
+    """Lava's fixed-point run equals the quantized emulation, spike for spike and logit for
+    logit, whatever the chip weights' width, scales and rounding (and for a per-layer mix)."""
+    text = tmp_path / "calibration.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    path = api.convert(model_file, tmp_path / "b.bundle", calibration=str(text),
+                       calibration_tokens=512, check_tokens=16, **options)[0]
+    ir = load_bundle(path).ir
+    bits = {d["attrs"]["weight_bits"] for _, d in ir.graph.nodes(data=True)
+            if d["op"] == "SpikeLinear" and "weight_bits" in d["attrs"]}
+    assert bits == ({options["weight_bits"]} if "weight_bits" in options else bits) and bits
+    r = simulation.simulate(path, prompt[:8], 12, "fixed", GREEDY)
+    logits, spikes = emulator(ir).run(np.array([r.token_ids]))
+    assert all(np.array_equal(r.spikes[k], v[0]) for k, v in spikes.items())
+    assert np.array_equal(r.logits, logits[0])
+    assert r.generated_ids == [int(np.argmax(logits[0, 7 + i])) for i in range(12)]
+
+
 def test_sampled_generation_matches_pytorch(model_file, bundle, prompt):
     opts = SamplingOptions(temperature=0.8, top_p=0.9, seed=3)
     seen: list[tuple[int, int]] = []

@@ -21,7 +21,17 @@ from .common import (echo_json, handle_errors, json_option, model_options, overr
               help="Bundle directory (default: <model>.<target>.bundle next to the model).")
 @click.option("--policy", type=click.Choice(["spikes", "graded"]), default="spikes",
               show_default=True)
-@click.option("--weight-bits", default=8, show_default=True, type=int)
+@click.option("--weight-bits", default=8, show_default=True, type=int,
+              help="Chip weight bits (2..8) of every chip linear.")
+@click.option("--quality-budget", type=float, default=None,
+              help="Pick the bits of each chip linear (2..8) for the fewest cores within this "
+                   "quantization cost in bits per token on the --calibration text.")
+@click.option("--scales", type=click.Choice(["channel", "layer"]), default="channel",
+              show_default=True, help="SpikeLinear weight scales: one per output channel (read "
+                                      "by the host) or one power of two per layer.")
+@click.option("--rounding", type=click.Choice(["gptq", "nearest"]), default="gptq",
+              show_default=True, help="SpikeLinear rounding: error-compensating (GPTQ, on the "
+                                      "calibration inputs) or to nearest.")
 @click.option("--graded-bits", default=8, show_default=True, type=int)
 @click.option("--calibration", default=None,
               help="'kjv' or a text file for calibrating fixed-point ranges (default: seeded "
@@ -35,7 +45,7 @@ from .common import (echo_json, handle_errors, json_option, model_options, overr
 @model_options
 @handle_errors
 def convert(model: str | None, target: str, out_dir: str | None, policy: str, weight_bits: int,
-            graded_bits: int, calibration: str | None, calibration_tokens: int,
+            quality_budget: float | None, scales: str, rounding: str, graded_bits: int, calibration: str | None, calibration_tokens: int,
             check_tokens: int, force: bool, as_json: bool, tokenizer_path: str | None,
             binary_embedding: bool | None, rescale_every: int | None) -> None:
     """Convert MODEL (.pt, official .pth or exported .onnx) into a deployment bundle."""
@@ -43,6 +53,7 @@ def convert(model: str | None, target: str, out_dir: str | None, policy: str, we
 
     path, manifest = api.convert(
         model, out_dir, force=force, target=target, policy=policy, weight_bits=weight_bits,
+        quality_budget=quality_budget, scales=scales, rounding=rounding,
         graded_bits=graded_bits, calibration=calibration, calibration_tokens=calibration_tokens,
         check_tokens=check_tokens, tokenizer=tokenizer_path,
         overrides=overrides(binary_embedding, rescale_every))
@@ -55,6 +66,15 @@ def convert(model: str | None, target: str, out_dir: str | None, policy: str, we
                f"passes: {' -> '.join(manifest['passes'])}")
     for place, s in sorted(manifest["partition"].items()):
         click.echo(f"  {place:<8} {s['nodes']:>5} nodes {s['parameters']:>10,} parameters")
+    budget = manifest.get("quantization", {}).get("budget")
+    if budget:
+        counts: dict[int, int] = {}
+        for b in budget["bits"].values():
+            counts[b] = counts.get(b, 0) + 1
+        click.echo(f"  quality budget {budget['budget_bits_per_token']} bits/token: chip linears "
+                   "at " + ", ".join(f"{b} bits x{c}" for b, c in sorted(counts.items()))
+                   + f"; measured cost {budget['measured_cost_bits_per_token']:+.4f} on "
+                   f"{budget['calibration_tokens']} calibration tokens")
     totals = manifest["resources"]["totals"]
     click.echo(f"  chip resources: {totals['cores']} cores on {totals['chips']} chip(s), "
                f"{totals['neurons']:,} neurons, {totals['synapses']:,} synapses")
@@ -112,11 +132,25 @@ def _inspect_lines(info: dict[str, Any]) -> list[str]:
                f"{totals['synaptic_memory_bytes']:,} B synaptic memory")
     if info.get("chip_weights"):
         out += _chip_weight_lines(info["chip_weights"])
-    out.append("quantization (weights, per layer: max / rms error):")
+    method = info.get("quantization_method") or {}
+    out.append(f"quantization: scales {method.get('scales') or 'layer'}, rounding "
+               f"{method.get('rounding') or 'nearest'}, calibrated on "
+               f"{method.get('calibration_tokens')} tokens")
+    budget = info.get("quality_budget")
+    if budget:
+        out.append(f"  quality budget {budget['budget_bits_per_token']} bits/token: measured cost "
+                   f"{budget['measured_cost_bits_per_token']:+.4f} on the calibration text "
+                   f"({budget['calibration_tokens']} tokens; all 8-bit: "
+                   f"{budget['all8_cost_bits_per_token']:+.4f})")
+    out.append("  per layer: bits, cores, synaptic memory, predicted cost (budget), weight "
+               "max / rms error")
     for name, q in sorted(info["quantization"].items()):
         if "weight_max_abs_error" in q:
-            out.append(f"  {name:<40} {q['weight_max_abs_error']:.2e} / "
-                       f"{q['weight_rms_error']:.2e}")
+            cost = q.get("predicted_cost")
+            out.append(f"  {name:<40} {q.get('weight_bits', '?'):>2} bit {q.get('cores', '?'):>4} "
+                       f"cores {q.get('synaptic_memory_bytes', 0):>9,} B "
+                       f"{'' if cost is None else f'{cost:+.4f} '}"
+                       f"{q['weight_max_abs_error']:.2e} / {q['weight_rms_error']:.2e}")
         else:
             out.append(f"  {name:<40} LIF input step 2^-{q['input_scale_bits']} "
                        f"(peak |x| {q['input_peak']:.3g})")

@@ -66,21 +66,27 @@ def train(resume: bool, quiet: bool, **kwargs: Any) -> None:
 @click.option("--split", default="valid", show_default=True,
               type=click.Choice(["train", "valid", "test"]))
 @click.option("--max-tokens", type=int, default=None, help="Evaluate only the first N tokens.")
-@click.option("--backend", type=click.Choice(["torch", "lava"]), default="torch",
-              show_default=True, help="lava: MODEL is a bundle, run in Lava's simulator "
-              "(pipelined; default 1024 tokens).")
+@click.option("--backend", type=click.Choice(["torch", "numpy", "lava"]), default=None,
+              help="torch (MODEL, the default for a model file); numpy (BUNDLE, the default for "
+                   "a bundle: its fixed-point emulation or float program); lava (BUNDLE in "
+                   "Lava's simulator, pipelined; default 1024 tokens).")
 @click.option("--precision", type=click.Choice(["float", "fixed"]), default="fixed",
-              show_default=True, help="With --backend lava.")
+              show_default=True, help="BUNDLE only: the quantized fixed-point computation or "
+                                      "the partitioned float program.")
+@click.option("--model", "source_model", type=click.Path(dir_okay=False), default=None,
+              help="BUNDLE with numpy: the source model file to compare with (default: found "
+                   "by the name and sha256 the bundle records).")
 @json_option
 @model_options
 @cluster_options
 @handle_errors
-def evaluate(model: str | None, data: str, split: str, max_tokens: int | None, backend: str,
-             precision: str, as_json: bool, tokenizer_path: str | None,
-             binary_embedding: bool | None, rescale_every: int | None, workers: int | None,
-             address: str | None) -> None:
-    """Bits per character and firing rate per LIF population on held-out text."""
+def evaluate(model: str | None, data: str, split: str, max_tokens: int | None,
+             backend: str | None, precision: str, source_model: str | None, as_json: bool,
+             tokenizer_path: str | None, binary_embedding: bool | None,
+             rescale_every: int | None, workers: int | None, address: str | None) -> None:
+    """Bits per token and firing rates on held-out text, of MODEL or of a converted BUNDLE."""
     import os
+    from pathlib import Path
 
     from .. import api
     from ..errors import DataError
@@ -99,9 +105,21 @@ def evaluate(model: str | None, data: str, split: str, max_tokens: int | None, b
                    f"{ev.spike_agreement:.6f}); max |dlogit| {ev.max_abs_logit_diff:.3g}; "
                    f"{ev.tokens_per_s:.1f} tokens/s, {ev.timesteps} timesteps")
         return
+    is_bundle = model is not None and os.path.isdir(model) and (
+        (Path(model) / "manifest.json").exists() or Path(model).suffix == ".bundle")
+    if is_bundle and backend in (None, "numpy"):
+        bundle_result = api.evaluate_bundle(model, data, precision, split, max_tokens,
+                                            model=source_model, backend="numpy")
+        if as_json:
+            echo_json(bundle_result.to_dict())
+        else:
+            click.echo("\n".join(_bundle_eval_lines(bundle_result)))
+        return
     if model is not None and os.path.isdir(model):
-        raise DataError(f"{model} is a folder (a bundle?); evaluate a bundle with "
-                        "--backend lava, a model file without it")
+        raise DataError(f"{model} is a folder (a bundle?); evaluate a bundle (a folder with "
+                        "manifest.json) with --backend numpy or lava, a model file with torch")
+    if backend == "numpy":
+        raise DataError("--backend numpy evaluates a bundle: pass BUNDLE")
     options = overrides(binary_embedding, rescale_every)
     runs_on = cluster(workers, address)
     loaded = api.open_model(model, tokenizer_path, **options)
@@ -117,6 +135,27 @@ def evaluate(model: str | None, data: str, split: str, max_tokens: int | None, b
         click.echo("firing rate per population:")
         for name, rate in result.firing_rates.items():
             click.echo(f"  {name:<18} {rate:.4f}")
+
+
+def _bundle_eval_lines(r: Any) -> list[str]:
+    bits = sorted(set(r.weight_bits.values()))
+    what = (f"fixed point, {'/'.join(map(str, bits))}-bit chip weights" if r.precision == "fixed"
+            else "partitioned float program")
+    out = [f"{r.bundle} ({what}, {r.backend}) on {r.data} ({r.split}, {r.tokens} tokens, "
+           f"{r.tokens_per_s:,.0f} tokens/s): {r.bits_per_token:.4f} bits per token"]
+    s = r.source
+    if s is None:
+        out.append(f"source model: not compared ({r.source_missing})")
+        rates = {k: (v, None) for k, v in r.firing_rates.items()}
+    else:
+        out.append(f"source model {s.model}: {s.bits_per_token:.4f} bits per token on the same "
+                   f"tokens; quantization cost {s.quantization_cost_bits_per_token:+.4f} bits per "
+                   f"token; greedy token agreement {s.greedy_agreement:.4f}")
+        rates = {k: (v, s.firing_rate_change.get(k)) for k, v in r.firing_rates.items()}
+    out.append("firing rate per population" + ("" if s is None else " (change vs source)") + ":")
+    for name, (rate, change) in rates.items():
+        out.append(f"  {name:<18} {rate:.4f}" + ("" if change is None else f"  {change:+.4f}"))
+    return out
 
 
 @click.command()

@@ -17,7 +17,9 @@ Lava simulation has to match it spike for spike.
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ from .. import fixed_point as fp
 from ..errors import ConversionError
 from ..interpreter import FLOAT_OPS, Executor, OpFn
 from ..ir import HOST, IR
+from .rounding import quantize_channels
 
 F32 = np.float32
 LIF_INPUT_MARGIN = 2.0  # calibrated max |current| x margin must fit the 16-bit a_in
@@ -34,6 +37,43 @@ LIF_INPUT_MARGIN = 2.0  # calibrated max |current| x margin must fit the 16-bit 
 def calibrate(ir: IR, tokens: np.ndarray) -> dict[tuple[str, int], float]:
     """Max |value| of every value over a token sequence (tokens: (B, T)) in float execution."""
     return Executor(ir).run_sequence(tokens, peaks=True).peaks
+
+
+@dataclass
+class CalibrationStats:
+    """What quantize takes from the calibration run: the peak |value| of every value, and
+    X^T X / samples of the inputs of the chip SpikeLinears (the Hessian of their output error,
+    for ``rounding.gptq_round``), keyed by the input port."""
+
+    peaks: dict[tuple[str, int], float]
+    grams: dict[tuple[str, int], np.ndarray]
+
+
+def spike_linear_inputs(ir: IR) -> tuple[tuple[str, int], ...]:
+    """The ports the chip SpikeLinears read (spike counts or embedding spikes)."""
+    return tuple(sorted({(p.node, p.port) for n in ir.topological()
+                         if ir.node(n)["op"] == "SpikeLinear"
+                         and ir.node(n).get("placement", HOST) != HOST
+                         for p in ir.inputs(n)}))
+
+
+def calibration_stats(ir: IR, tokens: np.ndarray, grams: bool = True) -> CalibrationStats:
+    """One float run over the calibration tokens (B, T): peaks and, if asked, the grams."""
+    gram_of = spike_linear_inputs(ir) if grams else ()
+    if not gram_of:
+        return CalibrationStats(calibrate(ir, tokens), {})
+    peak: dict[tuple[str, int], float] = {}
+    acc: dict[tuple[str, int], np.ndarray] = {}
+    samples = 0
+    for res in Executor(ir).steps(tokens):
+        for key, value in res.values.items():
+            if value.dtype.kind == "f" and value.size:
+                peak[key] = max(peak.get(key, 0.0), float(np.max(np.abs(value))))
+        for key in gram_of:
+            x = res.values[key].astype(np.float64)
+            acc[key] = acc.get(key, 0.0) + x.T @ x
+        samples += int(np.asarray(tokens).shape[0])
+    return CalibrationStats(peak, {k: g / max(samples, 1) for k, g in acc.items()})
 
 
 def _scale_bits_for(peak: float) -> int:
@@ -48,46 +88,90 @@ def graded_input(x: np.ndarray, input_step: float, graded_bits: int) -> np.ndarr
     return np.clip(np.rint(x / input_step), -qmax, qmax).astype(np.int32)
 
 
+SCALES = ("channel", "layer")
+ROUNDINGS = ("gptq", "nearest")
+
+
 def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
+             layer_bits: dict[str, int] | None = None, scales: str = "channel",
+             rounding: str = "gptq", stats: CalibrationStats | None = None,
              peaks: dict[tuple[str, int], float] | None = None) -> IR:
     """Annotate chip nodes with fixed-point parameters (see the module docstring); new IR.
 
-    ``peaks``: ``calibrate(ir, calibration_tokens)`` when the caller has run it already."""
-    if not 2 <= weight_bits <= fp.DENSE_WEIGHT_BITS:
-        raise ConversionError(f"--weight-bits {weight_bits}: Lava's Dense holds 2..8-bit weights")
+    ``layer_bits`` gives single chip linears other widths than ``weight_bits``. ``scales``:
+    'channel' gives each output channel of a SpikeLinear its own float scale (the host applies
+    it to the integer sum it reads), 'layer' one power-of-two exponent per layer; ``rounding``
+    'gptq' rounds SpikeLinear weights against their calibration inputs (``rounding.py``),
+    'nearest' to the nearest mantissa. ``stats``: a calibration run already made on these
+    tokens (``calibration_stats``), so that several quantizations share it; ``peaks``:
+    ``calibrate(ir, calibration_tokens)`` when the caller has run it already (enough for
+    rounding 'nearest').
+    """
+    layer_bits = dict(layer_bits or {})
+    for name, bits in [("--weight-bits", weight_bits), *layer_bits.items()]:
+        if not 2 <= int(bits) <= fp.DENSE_WEIGHT_BITS:
+            raise ConversionError(f"{name} {bits}: Lava's Dense holds 2..8-bit weights")
+    if scales not in SCALES or rounding not in ROUNDINGS:
+        raise ConversionError(f"scales={scales!r}, rounding={rounding!r}: expected one of "
+                              f"{SCALES} and one of {ROUNDINGS}")
     out = ir.copy()
-    if peaks is None:
-        peaks = calibrate(out, calibration_tokens)
+    unknown = sorted(set(layer_bits) - {n for n in out.topological()
+                                        if out.node(n)["op"] in ("SpikeLinear", "Linear")
+                                        and out.node(n).get("placement", HOST) != HOST})
+    if unknown:
+        raise ConversionError(f"per-layer weight bits for {unknown}: not chip linears")
+    if stats is None and peaks is not None and rounding == "nearest":
+        stats = CalibrationStats(peaks, {})
+    if stats is None:
+        stats = calibration_stats(out, calibration_tokens, grams=rounding == "gptq")
+    peaks, grams = stats.peaks, stats.grams
     report: dict[str, dict[str, Any]] = {}
     for n in out.topological():
         d = out.node(n)
         if d.get("placement", HOST) == HOST:
             continue
+        bits = int(layer_bits.get(n, weight_bits))
         if d["op"] == "LIF":
             src = out.inputs(n)[0]
             from_chip_linear = out.node(src.node).get("placement", HOST) != HOST
             if from_chip_linear:
                 continue  # set by its graded Linear below
-            bits = _scale_bits_for(peaks.get((src.node, src.port), 0.0))
-            m = fp.map_lif(bits)
-            d["attrs"] = {**d["attrs"], "input_scale_bits": bits, "vth_fixed": m.fixed.vth,
+            sbits = _scale_bits_for(peaks.get((src.node, src.port), 0.0))
+            m = fp.map_lif(sbits)
+            d["attrs"] = {**d["attrs"], "input_scale_bits": sbits, "vth_fixed": m.fixed.vth,
                           "du_fixed": m.fixed.du, "dv_fixed": m.fixed.dv, "input": "host_current"}
-            report[n] = {"op": "LIF", "input_scale_bits": bits,
+            report[n] = {"op": "LIF", "input_scale_bits": sbits,
                          "input_peak": peaks.get((src.node, src.port), 0.0),
-                         "current_step": 2.0 ** -bits}
+                         "current_step": 2.0 ** -sbits}
+        elif d["op"] == "SpikeLinear" and scales == "channel":
+            src = out.inputs(n)[0]
+            q = quantize_channels(d["params"]["weight"], bits, grams.get((src.node, src.port)),
+                                  rounding)
+            d["params"]["weight_q"] = q.mantissa.astype(np.int8)  # the chip's width
+            d["params"]["weight_scale"] = q.scale
+            d["attrs"] = {k: v for k, v in d["attrs"].items()
+                          if k not in ("weight_exp", "weight_scale")}
+            d["attrs"] = {**d["attrs"], "weight_bits": bits, "weight_scales": "channel",
+                          "rounding": q.rounding}
+            report[n] = {"op": "SpikeLinear", "weight_bits": bits, "scales": "channel",
+                         "rounding": q.rounding, "weight_max_abs_error": q.max_abs_error,
+                         "weight_rms_error": q.rms_error, "output_mse": q.output_mse}
         elif d["op"] == "SpikeLinear":
-            q = fp.quantize_weights(d["params"]["weight"], weight_bits, mantissa_dtype=np.int8)
+            q = fp.quantize_weights(d["params"]["weight"], bits, mantissa_dtype=np.int8)
             d["params"]["weight_q"] = q.mantissa  # int8: the chip's width, a quarter of int32
-            d["attrs"] = {**d["attrs"], "weight_bits": weight_bits, "weight_exp": q.exponent,
+            d["params"].pop("weight_scale", None)
+            d["attrs"] = {**d["attrs"], "weight_bits": bits, "weight_exp": q.exponent,
                           "weight_scale": q.scale}
-            report[n] = {"op": "SpikeLinear", "weight_max_abs_error": q.max_abs_error,
+            report[n] = {"op": "SpikeLinear", "weight_bits": bits, "scales": "layer",
+                         "rounding": "nearest", "weight_max_abs_error": q.max_abs_error,
                          "weight_rms_error": q.rms_error, "weight_exp": q.exponent}
         elif d["op"] == "Linear":
-            report[n] = _quantize_graded_linear(out, n, peaks, weight_bits)
+            report[n] = _quantize_graded_linear(out, n, peaks, bits)
         elif d["op"] not in ("SpikeSum", "StateIn", "StateOut"):
             raise ConversionError(f"node '{n}' ({d['op']}, from {d['module']}): no fixed-point "
                                   f"model for this chip op")
     out.meta["quantization"] = {"weight_bits": weight_bits, "layers": report,
+                                "scales": scales, "rounding": rounding,
                                 "calibration_tokens": int(np.asarray(calibration_tokens).size)}
     out.passes.append("quantize")
     return out
@@ -131,21 +215,75 @@ def _quantize_graded_linear(ir: IR, n: str, peaks: dict, weight_bits: int) -> di
 
 
 # ---- the quantized emulation --------------------------------------------------------------
-def _q_spike_linear(n: dict, ins: list[np.ndarray]) -> tuple[np.ndarray]:
+EXACT_FLOAT64 = 2.0 ** 53  # every integer of smaller magnitude is a float64, and so are the sums
+
+
+EXACT_FLOAT32 = 2.0 ** 24
+
+
+class IntegerWeights:
+    """Float copies (transposed) and largest |row| sums of integer weight matrices, made once
+    per matrix: what ``integer_matmul`` needs on every token."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
+
+    def get(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        hit = self._by_id.get(id(w))
+        if hit is None or hit[0] is not w:  # the array itself is kept, so its id stays unique
+            wt = np.ascontiguousarray(np.asarray(w, dtype=np.float64).T)
+            row_sum = float(np.max(np.abs(wt).sum(axis=0))) if wt.size else 0.0
+            hit = (w, wt.astype(np.float32), wt, row_sum)
+            self._by_id[id(w)] = hit
+        return hit[1], hit[2], hit[3]
+
+
+def integer_matmul(x: np.ndarray, w: np.ndarray, cache: IntegerWeights | None = None
+                   ) -> np.ndarray:
+    """x (B, in) @ w.T (w: out, in) for integer-valued x and w, exactly, as an int64 array.
+
+    With every |partial sum| bounded by |x|max times the largest row sum of |w|, the product runs
+    as a float32 BLAS product when that bound is below 2**24 and as a float64 one below 2**53:
+    every product and partial sum is then an exactly representable integer, whatever the order
+    of summation, so the result equals the int64 product (which is used beyond that; numpy's
+    integer matmul has no BLAS and is 10-40x slower).
+    """
+    w32, w64, row_sum = (cache or IntegerWeights()).get(w)
+    x = np.asarray(x)
+    bound = (float(np.max(np.abs(x))) if x.size else 0.0) * row_sum
+    if bound < EXACT_FLOAT32:
+        return (x.astype(np.float32) @ w32).astype(np.int64)
+    if bound < EXACT_FLOAT64:
+        return (x.astype(np.float64) @ w64).astype(np.int64)
+    return x.astype(np.int64) @ np.asarray(w).astype(np.int64).T
+
+
+def readout_scale(n: dict) -> float | np.ndarray:
+    """What the host multiplies a chip linear's integer sum by: one float for the layer, or one
+    per output channel (``params['weight_scale']``, shape (out,)) when the quantizer gave each
+    output channel its own scale."""
+    if "weight_scale" in n["params"]:
+        return np.asarray(n["params"]["weight_scale"], dtype=np.float64)
+    return float(n["attrs"]["weight_scale"])
+
+
+def _q_spike_linear(n: dict, ins: list[np.ndarray], cache: IntegerWeights | None = None
+                    ) -> tuple[np.ndarray]:
     if "weight_q" not in n["params"]:
         return FLOAT_OPS["SpikeLinear"](n, ins)  # type: ignore[return-value]
-    acc = fp.exact_integer_matmul(np.rint(ins[0]), n["params"]["weight_q"])
-    return (acc * n["attrs"]["weight_scale"]).astype(F32),
+    acc = integer_matmul(np.rint(ins[0]), n["params"]["weight_q"], cache)
+    return (acc * readout_scale(n)).astype(F32),
 
 
-def _q_linear(n: dict, ins: list[np.ndarray]) -> tuple[np.ndarray]:
+def _q_linear(n: dict, ins: list[np.ndarray], cache: IntegerWeights | None = None
+              ) -> tuple[np.ndarray]:
     a = n["attrs"]
     if "weight_q" not in n["params"]:
         return FLOAT_OPS["Linear"](n, ins)  # type: ignore[return-value]
     xq = graded_input(ins[0], a["input_step"], a["graded_bits"])
     if a["output"] == "host_readout":
-        acc = fp.exact_integer_matmul(xq, n["params"]["weight_q"])
-        return (acc * (a["weight_scale"] * a["input_step"])).astype(F32),
+        acc = integer_matmul(xq, n["params"]["weight_q"], cache)
+        return (acc * (readout_scale(n) * a["input_step"])).astype(F32),
     w_eff = fp.dense_effective_weights(n["params"]["weight_lava"], int(a["weight_bits"]))
     out = np.stack([fp.dense_fixed_step(w_eff, a["weight_exp_lava"], row) for row in xq])
     return out.astype(F32),  # integer a_in for the LIF, held exactly in float32
@@ -171,5 +309,9 @@ QUANT_OPS: dict[str, OpFn] = {**FLOAT_OPS, "SpikeLinear": _q_spike_linear, "Line
 
 
 def emulator(ir: IR) -> Executor:
-    """The quantized emulation of a quantized IR (LIF membranes in Lava's integer v units)."""
-    return Executor(ir, QUANT_OPS)
+    """The quantized emulation of a quantized IR (LIF membranes in Lava's integer v units); its
+    integer weights are prepared for BLAS once, on first use."""
+    cache = IntegerWeights()
+    return Executor(ir, {**QUANT_OPS,
+                         "SpikeLinear": functools.partial(_q_spike_linear, cache=cache),
+                         "Linear": functools.partial(_q_linear, cache=cache)})
