@@ -32,6 +32,7 @@ from . import fixed_point as fp
 from .errors import SimulationError
 from .interpreter import Executor
 from .ir import HOST, IR
+from .passes.quantize import readout_scale
 from .sampling import SamplingOptions
 from .simulation_schedule import Schedule, schedule_of, spike_sources
 
@@ -234,14 +235,17 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
             raise SimulationError(f"'{src}': spike coefficients {[c for _, c in pops]} are not "
                                   "integers")
         parts, rows, exps, bits = [], [], set(), None
+        # a quality budget may give these linears different widths: held at the widest, every
+        # integer sum is the same (a b-bit mantissa is also a wider one)
+        widest = max(int(ir.node(n)["attrs"].get("weight_bits", 0)) for n in linears)
         for n in linears:
             d = ir.node(n)
             if fixed:
                 require(n, "weight_q", "weight_bits", "weight_scale")
-                kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"], d["attrs"]["weight_bits"])
+                kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"], widest)
                 parts.append(np.asarray(kw["weights"]))
                 exps.add((int(kw["weight_exp"]), int(kw["num_weight_bits"])))
-                rows.append((n, float(d["attrs"]["weight_scale"])))
+                rows.append((n, readout_scale(d)))  # per layer, or per output channel
             else:
                 parts.append(np.asarray(d["params"]["weight"], dtype=F32))
                 rows.append((n, 1.0))
@@ -288,7 +292,7 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
         elif fixed:
             kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"], d["attrs"]["weight_bits"])
             w, exp = np.asarray(kw["weights"]), int(kw["weight_exp"])
-            out_codec = ("scale", float(a["weight_scale"]) * float(a["input_step"]))
+            out_codec = ("scale", readout_scale(ir.node(n)) * float(a["input_step"]))
         else:
             w, exp = d["params"]["weight"].astype(np.float64), 0
         if x.node not in host:

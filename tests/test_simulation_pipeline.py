@@ -81,6 +81,22 @@ def test_fixed_evaluation_equals_the_emulation_exactly(bundle, held_out):
     assert ev.processes == {"HostPipe": 1, "ChipCore": 1}
 
 
+@pytest.mark.parametrize("options", [{"weight_bits": 3}, {"weight_bits": 5},
+                                     {"weight_bits": 6, "scales": "layer", "rounding": "nearest"},
+                                     {"quality_budget": 0.5}],
+                         ids=["3bit", "5bit", "6bit-layer-nearest", "budget-mix"])
+def test_fixed_is_exact_at_every_bit_width(model_file, held_out, tmp_path, options):
+    """The pipelined fixed-point network equals the quantized emulation exactly whatever the
+    chip weights' width, scales and rounding, and for a budget's mix of widths."""
+    text = tmp_path / "calibration.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    path = api.convert(model_file, tmp_path / "b.bundle", calibration=str(text),
+                       calibration_tokens=512, check_tokens=16, **options)[0]
+    ev = evaluate_tokens(path, held_out[:24], "fixed")
+    assert ev.spikes_identical and ev.max_abs_logit_diff == 0.0
+    assert ev.bits_per_token == ev.reference_bits_per_token
+
+
 @torch.no_grad()
 def test_float_evaluation_matches_pytorch(model_file, bundle, held_out):
     r = simulation.simulate(bundle, held_out, 0, "float")
