@@ -81,10 +81,10 @@ def test_fixed_evaluation_equals_the_emulation_exactly(bundle, held_out):
     assert ev.processes == {"HostPipe": 1, "ChipCore": 1}
 
 
-@pytest.mark.parametrize("options", [{"weight_bits": 3}, {"weight_bits": 5},
+@pytest.mark.parametrize("options", [{"weight_bits": 3}, {"weight_bits": 5}, {"weight_bits": 7},
                                      {"weight_bits": 6, "scales": "layer", "rounding": "nearest"},
                                      {"quality_budget": 0.5}],
-                         ids=["3bit", "5bit", "6bit-layer-nearest", "budget-mix"])
+                         ids=["3bit", "5bit", "7bit", "6bit-layer-nearest", "budget-mix"])
 def test_fixed_is_exact_at_every_bit_width(model_file, held_out, tmp_path, options):
     """The pipelined fixed-point network equals the quantized emulation exactly whatever the
     chip weights' width, scales and rounding, and for a budget's mix of widths."""
