@@ -182,11 +182,12 @@ def _crossings(ir: IR, readout_bits: int) -> list[Crossing]:
 
 def _deployed_parameters(data: dict[str, Any]) -> int:
     """Values a node holds where it runs: a quantized chip linear its mantissas (not the float
-    weight it was made from), a folded linear not the model matrix it shares (``source_*``)."""
+    weight it was made from, nor the per-channel ``weight_scale`` the host multiplies its sums
+    by), a folded linear not the model matrix it shares (``source_*``)."""
     params = data["params"]
     names = [k for k in params if not k.startswith("source_")]
     if "weight_q" in params:
-        names = [k for k in names if k not in ("weight", "weight_lava")]
+        names = [k for k in names if k not in ("weight", "weight_lava", "weight_scale")]
     return int(sum(params[k].size for k in names))
 
 
