@@ -19,10 +19,10 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import DeployError
+from .backends.proc_group import alive, descendants
 from .signals import Terminated, deferred_signals, termination_raises
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def ray_cluster(cluster: Cluster) -> Iterator[int]:
                                "a fresh process")
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                "logging_level": logging.WARNING}
-    before = _descendants(os.getpid())
+    before = descendants(os.getpid())
     with termination_raises():
         in_main = threading.current_thread() is threading.main_thread()
         handler = signal.getsignal(signal.SIGTERM) if in_main else None
@@ -134,52 +134,20 @@ def ray_cluster(cluster: Cluster) -> Iterator[int]:
 def _shutdown(ray: Any, before: dict[int, str], local: bool) -> None:
     """ray.shutdown(); for a local Ray, also end the processes it started that outlive it (its
     dashboard and runtime-env agents survive shutdown and ignore SIGTERM)."""
-    started = {p: t for p, t in _descendants(os.getpid()).items() if p not in before}
+    started = {p: t for p, t in descendants(os.getpid()).items() if p not in before}
     ray.shutdown()
     if not local:
         return
     deadline = time.monotonic() + 5.0
-    while time.monotonic() < deadline and any(_alive(p, t) for p, t in started.items()):
+    while time.monotonic() < deadline and any(alive(p, t) for p, t in started.items()):
         time.sleep(0.1)
     for pid, start in started.items():
-        if _alive(pid, start):
+        if alive(pid, start):
             log.info("ending Ray process %d left after shutdown", pid)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-
-def _stat(pid: int | str) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()   # state, ppid, ..., start time (field 19)
-
-
-def _descendants(root: int) -> dict[int, str]:
-    """pid -> start time of the live descendants of ``root`` (Linux /proc; empty elsewhere)."""
-    try:
-        entries = [e for e in os.listdir("/proc") if e.isdigit()]
-    except OSError:
-        return {}
-    table = {int(e): (int(f[1]), f[19]) for e in entries
-             if (f := _stat(e)) is not None and f[0] != "Z"}
-    out: dict[int, str] = {}
-    todo = [root]
-    while todo:
-        parent = todo.pop()
-        for pid, (ppid, start) in table.items():
-            if ppid == parent and pid not in out:
-                out[pid] = start
-                todo.append(pid)
-    return out
-
-
-def _alive(pid: int, start: str) -> bool:
-    f = _stat(pid)
-    return f is not None and f[0] != "Z" and f[19] == start
 
 
 def split_shards(n_items: int, n_shards: int, align: int = 1) -> list[range]:

@@ -19,21 +19,53 @@ SHM_DIR = "/dev/shm"
 SHM_PREFIX = "psm_"  # names of multiprocessing.shared_memory segments
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, ..., start time
+    at index 19), or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
+        fields = stat_fields(entry)
+        if fields is not None and len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
             pids.append(int(entry))
     return pids
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid -> start time of the live (non-zombie) descendants of ``root``; empty where /proc
+    cannot be read."""
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return {}
+    table = {int(e): (int(f[1]), f[19]) for e in entries
+             if (f := stat_fields(e)) is not None and f[0] != "Z"}
+    out: dict[int, str] = {}
+    todo = [root]
+    while todo:
+        parent = todo.pop()
+        for pid, (ppid, start) in table.items():
+            if ppid == parent and pid not in out:
+                out[pid] = start
+                todo.append(pid)
+    return out
+
+
+def alive(pid: int, start: str) -> bool:
+    """The same process (pid and start time) still runs and is not a zombie."""
+    f = stat_fields(pid)
+    return f is not None and f[0] != "Z" and f[19] == start
 
 
 def mapped_segments(pids: list[int]) -> set[str]:
