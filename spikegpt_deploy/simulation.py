@@ -96,18 +96,6 @@ class SimulationResult:
         }
 
 
-def _buffers(plan: NetworkPlan, T: int, n_tokens: int) -> dict[str, Any]:
-    from .backends.lava_procs.shared_buffer import SharedStepBuffer
-    bufs: dict[str, Any] = {f"spikes:{k}": SharedStepBuffer((c,), T)
-                            for k, c in plan.populations.items()}
-    bufs["logits"] = SharedStepBuffer((plan.vocab_size,), T)
-    bufs["generated"] = SharedStepBuffer((1,), max(n_tokens, 1))
-    bufs["progress"] = SharedStepBuffer((1,), 1)
-    bufs["traffic"] = SharedStepBuffer((max(len(plan.crossings), 1),), T)
-    bufs["host_busy"] = SharedStepBuffer((len(plan.stages),), 1)
-    return bufs
-
-
 def _check_inputs(ir: IR, prompt_ids: list[int], n_tokens: int, precision: str,
                   sampling: SamplingOptions) -> list[int]:
     if precision not in PRECISIONS:
@@ -121,7 +109,7 @@ def _check_inputs(ir: IR, prompt_ids: list[int], n_tokens: int, precision: str,
 
 
 def buffer_bytes(plan: Any, T: int) -> int:
-    """Bytes of the result buffers (``_buffers``) for T tokens: float64 logits, spikes and
+    """Bytes of the result buffers (``run_buffers``) for T tokens: float64 logits, spikes and
     traffic of every token, kept in memory until the run ends."""
     per_token = plan.vocab_size + sum(plan.populations.values()) + max(len(plan.crossings), 1)
     return 8 * T * (per_token + 1)
@@ -199,7 +187,9 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
     T = len(ids) + max(n_tokens, 1) - 1
     _check_memory(plan, T, len(ids))
     steps = T * plan.period
-    bufs = _buffers(plan, T, n_tokens)
+    from .backends.lava_procs.shared_buffer import run_buffers
+
+    bufs = run_buffers(plan, T, n_tokens, host_stages=len(plan.stages))
     runner = LavaRunner(lambda inputs, num_steps: build_network(plan, bufs), SELECT_TAG[precision],
                         timeout_s=timeout_s or 120.0 + 0.5 * steps)
     log.info("simulate: %d tokens x %d timesteps, processes %s", T, plan.period,

@@ -23,21 +23,17 @@ from .errors import DataError, SimulationError
 from .interpreter import Executor
 from .passes.quantize import emulator
 from .sampling import SamplingOptions
+from .simulation import SELECT_TAG
 from .simulation_pipeline import plan_pipeline
 
 log = logging.getLogger(__name__)
-SELECT_TAG = {"float": "floating_pt", "fixed": "fixed_pt"}
 
 
 def _buffers(plan: Any, T: int, n_tokens: int) -> dict[str, Any]:
-    from .backends.lava_procs.shared_buffer import SharedStepBuffer
-    bufs: dict[str, Any] = {f"spikes:{k}": SharedStepBuffer((c,), T)
-                            for k, c in plan.populations.items()}
-    bufs["logits"] = SharedStepBuffer((plan.vocab_size,), T)
-    bufs["generated"] = SharedStepBuffer((1,), max(n_tokens, 1))
-    bufs["progress"] = SharedStepBuffer((1,), 1)
-    bufs["traffic"] = SharedStepBuffer((max(len(plan.crossings), 1),), T)
-    bufs["host_busy"] = SharedStepBuffer((1,), 1)
+    """``run_buffers`` plus the wall time at which each token was done (prefill / decode)."""
+    from .backends.lava_procs.shared_buffer import SharedStepBuffer, run_buffers
+
+    bufs = run_buffers(plan, T, n_tokens)
     bufs["token_time"] = SharedStepBuffer((1,), T)
     return bufs
 

@@ -9,6 +9,7 @@ model writes each step's data into it and the building process reads it with no 
 from __future__ import annotations
 
 import mmap
+from typing import Any
 
 import numpy as np
 
@@ -36,3 +37,18 @@ class SharedStepBuffer:
     def read(self) -> np.ndarray:
         """A private copy of everything written so far."""
         return np.array(self.array, copy=True)
+
+
+def run_buffers(plan: Any, T: int, n_tokens: int, host_stages: int = 1) -> dict[str, Any]:
+    """The buffers a simulation run streams its results into, for a plan with ``populations``
+    (name -> width), ``vocab_size`` and ``crossings``: spikes and logits per timestep, the
+    generated tokens, progress, chip-host traffic, and whether each of ``host_stages`` host
+    stages is busy."""
+    bufs: dict[str, Any] = {f"spikes:{k}": SharedStepBuffer((c,), T)
+                            for k, c in plan.populations.items()}
+    bufs["logits"] = SharedStepBuffer((plan.vocab_size,), T)
+    bufs["generated"] = SharedStepBuffer((1,), max(n_tokens, 1))
+    bufs["progress"] = SharedStepBuffer((1,), 1)
+    bufs["traffic"] = SharedStepBuffer((max(len(plan.crossings), 1),), T)
+    bufs["host_busy"] = SharedStepBuffer((host_stages,), 1)
+    return bufs
