@@ -115,10 +115,10 @@ def compute_cpu_ms(bundle, ids: list[int], precision: str) -> tuple[float, float
     machine's load does not inflate the way it inflates wall time."""
     from threadpoolctl import threadpool_limits
 
-    from spikegpt_deploy.backends.lava_procs.chip_core import ChipRunner
-    from spikegpt_deploy.simulation_host import HostPipeRunner
-    from spikegpt_deploy.simulation_pipeline import plan_pipeline
-    from spikegpt_deploy.simulation_pipelined import _buffers
+    from spikegpt_deploy.simulation.lava.procs.chip_core import ChipRunner
+    from spikegpt_deploy.simulation.host import HostPipeRunner
+    from spikegpt_deploy.simulation.program import plan_pipeline
+    from spikegpt_deploy.simulation.pipelined import _buffers
 
     plan = plan_pipeline(bundle.ir, precision, ids, 0, GREEDY)
     ports = {name: _QueuePort() for name in ["syn", *(f"{d}_{r}" for d in ("cur", "spk")

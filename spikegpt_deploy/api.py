@@ -150,9 +150,9 @@ def evaluate_bundle_lava(bundle: str | Path, data: str, split: str = "valid",
                          max_tokens: int | None = None, precision: str = "fixed") -> Any:
     """Bits per token of a bundle in the Lava simulation (pipelined, teacher-forced) on the
     first ``max_tokens`` tokens of the held-out split, with the equivalence to its numpy
-    reference (``simulation_pipelined.evaluate_tokens``)."""
+    reference (``simulation.pipelined.evaluate_tokens``)."""
     from .bundle import load_bundle
-    from .simulation_pipelined import evaluate_tokens
+    from .simulation.pipelined import evaluate_tokens
 
     n = LAVA_EVAL_TOKENS if max_tokens is None else max_tokens
     check_count(n, "--max-tokens", 2, 2**62)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import DeployError
-from .backends.proc_group import alive, descendants
+from .processes import alive, descendants
 from .signals import Terminated, deferred_signals, termination_raises
 
 log = logging.getLogger(__name__)

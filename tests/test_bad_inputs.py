@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from bad_input_files import BUNDLE_TAMPERS, MARKER, TOMLS, make_world
 from proc_watch import descendants
 from spikegpt_deploy import api, load_model, simulation
+from spikegpt_deploy.simulation import run as simulation_run
 from spikegpt_deploy.cli import main
 from spikegpt_deploy.errors import DeployError
 from spikegpt_deploy.inputs import MAX_TOKENS
@@ -314,7 +315,7 @@ def test_api_bad_input(world: dict[str, Path], case_id: str,
 def test_simulate_refuses_buffers_beyond_memory(world: dict[str, Path],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A run whose per-token result buffers would not fit is refused before any allocation."""
-    monkeypatch.setattr(simulation, "available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr(simulation_run, "available_memory_bytes", lambda: 2**30)
     watch = Watch()
     with pytest.raises(DeployError, match=r"--tokens: .* GiB of result buffers.*at most"):
         simulation.simulate(world["bundle"], [1, 2], MAX_TOKENS)

@@ -159,7 +159,7 @@ def test_shipped_model_profile_shows_the_latency_terms(tmp_path: Path) -> None:
     data = json.loads((out / "profile.json").read_text())
     lat = data["prices"]["loihi2"]["latency"]
     tok, step = lat["token"], lat["timestep"]
-    # decode: 2L + 1 timesteps per generated token for policy spikes (simulation_schedule)
+    # decode: 2L + 1 timesteps per generated token for policy spikes (simulation.schedule)
     assert tok["timesteps"] == 2 * 4 + 1 and step["model"] == "work"
     assert set(step["layers"]) == {"blocks.0", "blocks.1", "blocks.2", "blocks.3", "head"}
     assert step["compute_ns"] == max(c["time_ns"] for c in step["layers"].values())

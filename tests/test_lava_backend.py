@@ -20,8 +20,8 @@ import pytest  # noqa: E402
 from proc_watch import Spawned  # noqa: E402
 
 from spikegpt_deploy import fixed_point as fp  # noqa: E402
-from spikegpt_deploy.backends.base import SimulationBackend  # noqa: E402
-from spikegpt_deploy.backends.lava_runner import LavaNetwork, LavaRunner  # noqa: E402
+from spikegpt_deploy.simulation.backend import SimulationBackend  # noqa: E402
+from spikegpt_deploy.simulation.lava.runner import LavaNetwork, LavaRunner  # noqa: E402
 from spikegpt_deploy.errors import ConversionError, SimulationError  # noqa: E402
 
 NIR_DIR = ROOT / "tests" / "data" / "nir-paper-01-lif"
@@ -32,8 +32,8 @@ def build_lif(lif_kw: dict, extra_lif_kw: dict | None = None):
     """CurrentSource -> LIF (-> a second LIF with other parameters) with spike sinks and u/v probes."""
     def build(inputs, T):
         from lava.proc.lif.process import LIF
-        from spikegpt_deploy.backends.lava_procs.sinks import StreamSink, VarProbe
-        from spikegpt_deploy.backends.lava_procs.sources import CurrentSource
+        from spikegpt_deploy.simulation.lava.procs.sinks import StreamSink, VarProbe
+        from spikegpt_deploy.simulation.lava.procs.sources import CurrentSource
         src = CurrentSource(data=inputs["a"])
         n = inputs["a"].shape[1]
         outputs, lifs = {}, {"": lif_kw, "2": extra_lif_kw}
@@ -56,7 +56,7 @@ def build_dense_lif(dense_kw: dict, naive_kw: dict, lif_kw: dict):
         from lava.proc.dense.process import Dense
         from lava.proc.io.source import RingBuffer
         from lava.proc.lif.process import LIF
-        from spikegpt_deploy.backends.lava_procs.sinks import StreamSink, VarProbe
+        from spikegpt_deploy.simulation.lava.procs.sinks import StreamSink, VarProbe
         src = RingBuffer(data=inputs["s"].T.copy())  # Lava's RingBuffer is time-last
         outputs = {}
         for key, kw in (("", dense_kw), ("naive", naive_kw)):
@@ -76,9 +76,9 @@ def build_dense_lif(dense_kw: dict, naive_kw: dict, lif_kw: dict):
 def build_fail(action: str, fail_step: int = 3):
     def build(inputs, T):
         from lava.proc.lif.process import LIF
-        from spikegpt_deploy.backends.lava_procs.faults import FailAt
-        from spikegpt_deploy.backends.lava_procs.sinks import StreamSink
-        from spikegpt_deploy.backends.lava_procs.sources import CurrentSource
+        from spikegpt_deploy.simulation.lava.procs.faults import FailAt
+        from spikegpt_deploy.simulation.lava.procs.sinks import StreamSink
+        from spikegpt_deploy.simulation.lava.procs.sources import CurrentSource
         n = inputs["a"].shape[1]
         src, lif = CurrentSource(data=inputs["a"]), LIF(shape=(n,), du=4095, dv=2048, vth=64)
         fail = FailAt(shape=(n,), fail_step=fail_step, message="boom at step 3", action=action)
@@ -179,8 +179,8 @@ def test_nir_fixed_trace_reproduced_by_lava():
     def build(inputs, T):
         from lava.proc.dense.process import Dense
         from lava.proc.lif.process import LIF
-        from spikegpt_deploy.backends.lava_procs.sinks import StreamSink, VarProbe
-        from spikegpt_deploy.backends.lava_procs.sources import CurrentSource
+        from spikegpt_deploy.simulation.lava.procs.sinks import StreamSink, VarProbe
+        from spikegpt_deploy.simulation.lava.procs.sources import CurrentSource
         src, dense = CurrentSource(data=inputs["s"]), Dense(weights=np.array([[10]]))
         lif, sink = LIF(shape=(1,), du=4095, dv=163, vth=25), StreamSink(shape=(1,), num_steps=T)
         src.s_out.connect(dense.s_in)
@@ -220,7 +220,7 @@ def test_runner_reports_float_into_fixed_lif_instead_of_hanging():
     def build(inputs, T):
         from lava.proc.io.source import PySendModelFloat, RingBuffer
         from lava.proc.lif.process import LIF
-        from spikegpt_deploy.backends.lava_procs.sinks import StreamSink
+        from spikegpt_deploy.simulation.lava.procs.sinks import StreamSink
         src, lif = RingBuffer(data=np.full((2, T), 0.5)), LIF(shape=(2,), du=4095, dv=2048, vth=9)
         sink = StreamSink(shape=(2,), num_steps=T)
         src.s_out.connect(lif.a_in)
@@ -257,12 +257,12 @@ RUN_FOREVER_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
     import numpy as np
-    from spikegpt_deploy.backends.lava_runner import LavaNetwork, LavaRunner
+    from spikegpt_deploy.simulation.lava.runner import LavaNetwork, LavaRunner
 
     def build(inputs, T):
         from lava.proc.lif.process import LIF
-        from spikegpt_deploy.backends.lava_procs.sinks import StreamSink
-        from spikegpt_deploy.backends.lava_procs.sources import CurrentSource
+        from spikegpt_deploy.simulation.lava.procs.sinks import StreamSink
+        from spikegpt_deploy.simulation.lava.procs.sources import CurrentSource
         src, lif = CurrentSource(data=inputs["a"]), LIF(shape=(3,), du=4095, dv=2048, vth=4096)
         sink = StreamSink(shape=(3,), num_steps=10)
         src.s_out.connect(lif.a_in)

@@ -337,7 +337,7 @@ def test_netx_layer_in_lava_matches_emulation(irs, tmp_path, lif):
     for 32 tokens, spikes exactly as the quantized emulation, one step later (Dense delay)."""
     if not (_site_packages() / "lava" / "lib" / "dl" / "netx" / "hdf5.py").is_file():
         pytest.skip("lava-dl netx is not installed")
-    from spikegpt_deploy.backends.lava_runner import LavaNetwork, LavaRunner
+    from spikegpt_deploy.simulation.lava.runner import LavaNetwork, LavaRunner
     ir = irs["graded6"]
     info = chip_partition_to_netx(ir, tmp_path / "chip.net")
     layer = next(l for l in info.expressible if l.lif == lif)

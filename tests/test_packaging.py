@@ -19,7 +19,7 @@ def test_wheel_contains_packages_and_profiles(tmp_path: Path) -> None:
                     str(target), str(wheel)], check=True, capture_output=True)
     probe = (
         "import json, spikegpt_deploy, hw_profiles, converters.torch_capture, "
-        "spikegpt_deploy.passes.fold, spikegpt_deploy.profiling, spikegpt_deploy.backends.lava_procs\n"
+        "spikegpt_deploy.passes.fold, spikegpt_deploy.profiling, spikegpt_deploy.simulation.lava.procs\n"
         "from spikegpt_deploy.data import load_corpus\n"
         "kjv = load_corpus('kjv')\n"
         "print(json.dumps({'pkg': spikegpt_deploy.__file__, 'hw': hw_profiles.__file__,"

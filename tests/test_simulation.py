@@ -30,7 +30,8 @@ torch = pytest.importorskip("torch")
 from conftest import make_tiny_model, random_text  # noqa: E402
 from proc_watch import Spawned, descendants  # noqa: E402
 from spikegpt_deploy import api, simulation  # noqa: E402
-from spikegpt_deploy.backends import lava_runner  # noqa: E402
+from spikegpt_deploy.simulation import run as simulation_run  # noqa: E402
+from spikegpt_deploy.simulation.lava import runner as lava_runner  # noqa: E402
 from spikegpt_deploy.bundle import load_bundle  # noqa: E402
 from spikegpt_deploy.checkpoint import load_checkpoint, save_model  # noqa: E402
 from spikegpt_deploy.data import CharTokenizer, load_corpus  # noqa: E402
@@ -40,7 +41,7 @@ from spikegpt_deploy.interpreter import Executor  # noqa: E402
 from spikegpt_deploy.passes.quantize import emulator  # noqa: E402
 from spikegpt_deploy.profiling.counts import count_ops  # noqa: E402
 from spikegpt_deploy.sampling import SamplingOptions, generate_ids  # noqa: E402
-from spikegpt_deploy.simulation_plan import plan_network  # noqa: E402
+from spikegpt_deploy.simulation.plan import plan_network  # noqa: E402
 
 GREEDY = SamplingOptions(temperature=0.0)
 _EXE = Path(sys.executable).with_name("spikegpt-deploy")  # the installed console script
@@ -227,9 +228,9 @@ def test_sampled_generation_matches_pytorch(model_file, bundle, prompt):
 # ------------------------------------------------------------------------------ GatedLIF
 def _build_gated(period: int, phase: int, lif_kw: dict):
     def build(inputs, T):
-        from spikegpt_deploy.backends.lava_procs.gated_lif import GatedLIF
-        from spikegpt_deploy.backends.lava_procs.sinks import StreamSink
-        from spikegpt_deploy.backends.lava_procs.sources import CurrentSource
+        from spikegpt_deploy.simulation.lava.procs.gated_lif import GatedLIF
+        from spikegpt_deploy.simulation.lava.procs.sinks import StreamSink
+        from spikegpt_deploy.simulation.lava.procs.sources import CurrentSource
         src = CurrentSource(data=inputs["a"])
         lif = GatedLIF(shape=inputs["a"].shape[1:], period=period, phase=phase, **lif_kw)
         sink = StreamSink(shape=inputs["a"].shape[1:], num_steps=T)
@@ -318,7 +319,7 @@ def test_plan_phases_and_processes(bundle):
 @example(ids=[1], n=10**5000)
 def test_bad_inputs_raise_only_data_errors(tiny_ir, ids, n):
     try:
-        out = simulation._check_inputs(tiny_ir, ids, n, "float", GREEDY)
+        out = simulation_run._check_inputs(tiny_ir, ids, n, "float", GREEDY)
     except DataError:
         return
     assert out == ids and all(0 <= t < tiny_ir.config["vocab_size"] for t in out)

@@ -32,8 +32,9 @@ from spikegpt_deploy.checkpoint import load_checkpoint, save_model  # noqa: E402
 from spikegpt_deploy.data import CharTokenizer  # noqa: E402
 from spikegpt_deploy.errors import DataError, SimulationError  # noqa: E402
 from spikegpt_deploy.passes.quantize import emulator  # noqa: E402
-from spikegpt_deploy.simulation_pipelined import evaluate_tokens  # noqa: E402
-from spikegpt_deploy.simulation_schedule import schedule_of  # noqa: E402
+from spikegpt_deploy.sampling import SamplingOptions  # noqa: E402
+from spikegpt_deploy.simulation.pipelined import evaluate_tokens  # noqa: E402
+from spikegpt_deploy.simulation.schedule import schedule_of  # noqa: E402
 
 _EXE = Path(sys.executable).with_name("spikegpt-deploy")
 CLI = [str(_EXE)] if _EXE.is_file() else [sys.executable, "-m", "spikegpt_deploy.cli"]
@@ -114,8 +115,8 @@ def test_float_evaluation_matches_pytorch(model_file, bundle, held_out):
 
 
 def test_pipelined_and_per_population_networks_agree(bundle, held_out):
-    a = simulation.simulate(bundle, held_out[:10], 6, "fixed", simulation.SamplingOptions(0.0))
-    b = simulation.simulate(bundle, held_out[:10], 6, "fixed", simulation.SamplingOptions(0.0),
+    a = simulation.simulate(bundle, held_out[:10], 6, "fixed", SamplingOptions(0.0))
+    b = simulation.simulate(bundle, held_out[:10], 6, "fixed", SamplingOptions(0.0),
                             network="populations")
     assert a.generated_ids == b.generated_ids and np.array_equal(a.logits, b.logits)
     assert all(np.array_equal(a.spikes[k], b.spikes[k]) for k in b.spikes)

@@ -181,11 +181,11 @@ def _resident_slots(ir: IR) -> set[str]:
 
 def _pipeline(ir: IR, order: list[str], chip: set[str]) -> dict[str, Any]:
     """Chip nodes and chip segments (chip/host alternations) along the longest path, and the
-    timestep counts of the schedule the Lava simulation runs (``simulation_schedule``):
+    timestep counts of the schedule the Lava simulation runs (``simulation.schedule``):
     ``depth_timesteps`` (a token's latency), ``prefill_timesteps_per_token`` (teacher-forced
     tokens enter this many timesteps apart) and ``decode_timesteps_per_token`` =
     ``lava_timesteps`` (a sampled token waits for the previous token's logits)."""
-    from ..simulation_schedule import schedule_of
+    from ..simulation.schedule import schedule_of
 
     depth: dict[str, int] = {}
     segs: dict[str, int] = {}

@@ -11,7 +11,7 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
   time (host ops x the host-timing profile's time per op, default ``cpu``) + chip-host
   transfers (crossings x T[chip_io_crossing] + bytes x T[chip_io_byte]), kept as terms. A
   clocked target with a stated ``[timing] timestep`` uses that tick instead. The timesteps per
-  token come from the schedule the Lava simulation runs (``simulation_schedule``), in two
+  token come from the schedule the Lava simulation runs (``simulation.schedule``), in two
   regimes: decode (a generated token waits for the previous token's logits: one timestep per
   Dense hop on the longest path; the default ``timesteps_per_token``) and prefill (prompt or
   held-out tokens enter the pipeline one after another, ``prefill_timesteps_per_token`` apart;

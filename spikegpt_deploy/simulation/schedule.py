@@ -29,8 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import SimulationError
-from .ir import HOST, IR, Port
+from ..errors import SimulationError
+from ..ir import HOST, IR, Port
 
 POPULATION_OPS = ("LIF", "Heaviside")
 DENSE_OPS = ("SpikeLinear", "Linear")

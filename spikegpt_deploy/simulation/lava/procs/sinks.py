@@ -20,7 +20,7 @@ from lava.magma.core.process.variable import Var
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from spikegpt_deploy.backends.lava_procs.shared_buffer import SharedStepBuffer
+from spikegpt_deploy.simulation.lava.procs.shared_buffer import SharedStepBuffer
 
 
 class StreamSink(AbstractProcess):

@@ -10,8 +10,8 @@ Its arithmetic is Lava's own:
 - each synapse group is Lava's ``Dense`` arithmetic: weights prepared by Lava's ``clip_weights``
   and ``truncate_weights`` (bit-accurate), the sum of the weights of the active inputs, shifted
   by ``weight_exp``, delivered one timestep later.
-``HostPipe`` runs ``simulation_host.HostPipeRunner``. The schedule and the message layout are
-``simulation_pipeline``'s; nothing here decides them. No torch here: it deadlocks under fork.
+``HostPipe`` runs ``simulation.host.HostPipeRunner``. The schedule and the message layout are
+``simulation.program``'s; nothing here decides them. No torch here: it deadlocks under fork.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
 from lava.proc.lif.models import PyLifModelBitAcc, PyLifModelFloat
 from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
-from spikegpt_deploy.simulation_host import HostPipeRunner
-from spikegpt_deploy.simulation_pipeline import ChipProgram, HostProgram, LifSpec
+from spikegpt_deploy.simulation.host import HostPipeRunner
+from spikegpt_deploy.simulation.program import ChipProgram, HostProgram, LifSpec
 
 MAX_ROUNDS = 4  # port pairs per direction; a ProcessModel declares its ports statically
 # below this fraction of inputs with spikes, gathering their weight rows beats a full product
@@ -306,8 +306,8 @@ for _m, _chip in ((PyChipCoreModelFloat, True), (PyChipCoreModelFixed, True),
 
 
 def build_pipeline_network(plan: ty.Any, buffers: ty.Mapping[str, ty.Any]) -> ty.Any:
-    """Create and connect the two processes of a ``simulation_pipeline.PipelinePlan``."""
-    from spikegpt_deploy.backends.lava_runner import LavaNetwork
+    """Create and connect the two processes of a ``simulation.program.PipelinePlan``."""
+    from spikegpt_deploy.simulation.lava.runner import LavaNetwork
 
     chip = ChipCore(program=plan.chip, name="chip")
     host = HostPipe(program=plan.host, buffers=dict(buffers), spk_width=plan.chip.spk_width,

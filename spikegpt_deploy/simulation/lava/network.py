@@ -1,4 +1,4 @@
-"""Instantiate a ``simulation_plan.NetworkPlan`` as Lava processes (inside the LavaRunner's child).
+"""Instantiate a ``simulation.plan.NetworkPlan`` as Lava processes (inside the LavaRunner's child).
 
 Chip side: Lava's own ``lava.proc.dense.process.Dense`` (its float or bit-accurate model, chosen
 by the run's select tag) and ``GatedLIF`` (Lava's ``PyLifModelFloat`` / ``PyLifModelBitAcc``
@@ -12,17 +12,17 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from spikegpt_deploy.backends.lava_runner import LavaNetwork
+from spikegpt_deploy.simulation.lava.runner import LavaNetwork
 from spikegpt_deploy.errors import SimulationError
-from spikegpt_deploy.simulation_plan import NetworkPlan
+from spikegpt_deploy.simulation.plan import NetworkPlan
 
 
 def build_network(plan: NetworkPlan, buffers: Mapping[str, Any]) -> LavaNetwork:
     """Create and connect every process of ``plan``; results go to the shared ``buffers``."""
     from lava.proc.dense.process import Dense
 
-    from spikegpt_deploy.backends.lava_procs.gated_lif import GatedLIF
-    from spikegpt_deploy.backends.lava_procs.host_stage import HostStage
+    from spikegpt_deploy.simulation.lava.procs.gated_lif import GatedLIF
+    from spikegpt_deploy.simulation.lava.procs.host_stage import HostStage
 
     procs: dict[str, Any] = {}
     for name, program in plan.stages.items():

@@ -1,12 +1,12 @@
 """HostStage: a CPU process that runs one slice of the IR's host partition each Lava timestep.
 
-The work itself is ``spikegpt_deploy.simulation_stage.StageRunner`` (numpy only, the
+The work itself is ``spikegpt_deploy.simulation.stage.StageRunner`` (numpy only, the
 interpreter's op functions); this module only gives it Lava ports. A ProcessModel declares its
 ports statically, so a stage has fixed slots: ``chip_in_i`` / ``chip_out_i`` talk to chip
 processes (Lava's Dense, GatedLIF) and carry int32 under fixed_pt (a bit-accurate process must
 receive integers, docs/lava.md); ``host_in_i`` / ``host_out_i`` talk to other host stages and carry
 float64 (exact for the float32 values of the IR). Unused slots have shape (1,) and stay
-unconnected (``simulation_stage.SLOTS`` sets how many there are). No torch here: it deadlocks
+unconnected (``simulation.stage.SLOTS`` sets how many there are). No torch here: it deadlocks
 under Lava's fork.
 """
 
@@ -24,7 +24,7 @@ from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
-from spikegpt_deploy.simulation_stage import SLOTS, StageRunner
+from spikegpt_deploy.simulation.stage import SLOTS, StageRunner
 
 SLOT_KINDS = ("chip_in", "chip_out", "host_in", "host_out")
 
@@ -34,7 +34,7 @@ def slot_names(kind: str) -> list[str]:
 
 
 class HostStage(AbstractProcess):
-    """Runs ``program`` (a ``simulation_stage.StageProgram``); ``shapes`` maps used slot names to
+    """Runs ``program`` (a ``simulation.stage.StageProgram``); ``shapes`` maps used slot names to
     their (width,) shapes; ``buffers`` are the shared result buffers it writes."""
 
     def __init__(self, *, program: ty.Any, shapes: ty.Dict[str, ty.Tuple[int, ...]],

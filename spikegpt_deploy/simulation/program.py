@@ -1,13 +1,13 @@
 """The pipelined network: one chip process and one host process, tokens overlapping in time.
 
 Lava runs every Process as its own OS process and synchronises all of them on every timestep,
-so the per-population network (``simulation_plan``) pays per process and per timestep. This
+so the per-population network (``simulation.plan``) pays per process and per timestep. This
 network cuts the deployment in two Lava processes:
-- ``ChipCore`` (``backends/lava_procs/chip_core.py``): every chip population and synapse, updated
+- ``ChipCore`` (``simulation/lava/procs/chip_core.py``): every chip population and synapse, updated
   with Lava's own LIF models (``PyLifModelFloat`` / ``PyLifModelBitAcc`` arithmetic) and Lava's
   Dense arithmetic (weights prepared by Lava's weight utilities, a one-timestep synaptic delay);
 - ``HostPipe``: the host partition, the interpreter's own ops (``FLOAT_OPS``).
-and runs the one schedule (``simulation_schedule``): every timestep, each token in flight does
+and runs the one schedule (``simulation.schedule``): every timestep, each token in flight does
 the work of its phase; teacher-forced tokens enter every ``interval`` timesteps.
 
 Messages per timestep: chip -> host ``syn`` (the Dense readouts due on this timestep, one slice
@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
-from . import fixed_point as fp
-from .errors import SimulationError
-from .interpreter import Executor
-from .ir import HOST, IR
-from .passes.quantize import readout_scale
-from .sampling import SamplingOptions
-from .simulation_schedule import Schedule, schedule_of, spike_sources
+from .. import fixed_point as fp
+from ..errors import SimulationError
+from ..interpreter import Executor
+from ..ir import HOST, IR
+from ..passes.quantize import readout_scale
+from ..sampling import SamplingOptions
+from .schedule import Schedule, schedule_of, spike_sources
 
 Key = tuple
 F32 = np.float32

@@ -7,8 +7,8 @@ and their /dev/shm segments unlinked, on an error, a timeout or Ctrl-C). The res
 logits and spikes of every fed token, the generated ids, the traffic of every chip-host crossing
 per token, the timesteps per token and why, and timings.
 
-The network (``simulation_plan`` for the schedule, ``simulation_chip`` for the chip side,
-``simulation_stage`` for the host side):
+The network (``simulation.plan`` for the schedule, ``simulation.chip`` for the chip side,
+``simulation.stage`` for the host side):
 - chip: Lava's own ``Dense`` for the spike-driven linears (one per layer, weights stacked; the
   SpikeSum is the Dense's InPort adding its populations' connections) and for the chip linears
   of policy graded; ``GatedLIF`` (Lava's float / bit-accurate LIF arithmetic, updated once per
@@ -35,14 +35,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
-from .errors import BundleError, DataError, SimulationError
-from .inputs import check_count, check_real, check_token_ids
-from .interpreter import Executor
-from .ir import IR
-from .passes.quantize import emulator
-from .sampling import Sampler, SamplingOptions, encode_prompt
-from .simulation_plan import PRECISIONS, NetworkPlan, plan_network
+from ..bundle import Bundle, load_bundle
+from ..errors import BundleError, DataError, SimulationError
+from ..inputs import check_count, check_real, check_token_ids
+from ..interpreter import Executor
+from ..ir import IR
+from ..passes.quantize import emulator
+from ..sampling import Sampler, SamplingOptions, encode_prompt
+from .plan import PRECISIONS, NetworkPlan, plan_network
 
 log = logging.getLogger(__name__)
 SELECT_TAG = {"float": "floating_pt", "fixed": "fixed_pt"}
@@ -147,8 +147,8 @@ def simulate(bundle_path: str | Path | Bundle, prompt_ids: list[int], n_tokens: 
     """Feed ``prompt_ids`` and generate ``n_tokens`` tokens with the bundle in Lava.
 
     network: 'pipelined' (one chip and one host process, prompt tokens one timestep apart,
-    ``simulation_pipeline``) or 'populations' (a Lava process per population and Dense, each
-    token run alone, ``simulation_plan``; host_layout is its layout). Default: 'pipelined',
+    ``simulation.program``) or 'populations' (a Lava process per population and Dense, each
+    token run alone, ``simulation.plan``; host_layout is its layout). Default: 'pipelined',
     or 'populations' when host_layout is 'layers'.
 
     bundle_path: a bundle directory, or a loaded ``Bundle`` (to run one several times).
@@ -166,8 +166,8 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
               sampling: SamplingOptions, timeout_s: float | None, on_token: TokenCallback | None,
               host_layout: str, fault: tuple[str, int] | None, t0: float,
               network: str | None = None) -> SimulationResult:
-    from .backends.lava_network import build_network
-    from .backends.lava_runner import LavaRunner, require_lava
+    from .lava.network import build_network
+    from .lava.runner import LavaRunner, require_lava
 
     require_lava()
     if network is None:
@@ -178,7 +178,7 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
     if timeout_s is not None:
         check_real(timeout_s, "--timeout", 0.0, above=True)
     if network == "pipelined":
-        from .simulation_pipelined import run_pipelined
+        from .pipelined import run_pipelined
         stream = None if on_token is None else \
             (lambda bufs: _TokenStream(bufs, len(ids) - 1, n_tokens, on_token, t0))
         return run_pipelined(bundle, ids, n_tokens, precision, sampling, timeout_s, stream,
@@ -187,7 +187,7 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
     T = len(ids) + max(n_tokens, 1) - 1
     _check_memory(plan, T, len(ids))
     steps = T * plan.period
-    from .backends.lava_procs.shared_buffer import run_buffers
+    from .lava.procs.shared_buffer import run_buffers
 
     bufs = run_buffers(plan, T, n_tokens, host_stages=len(plan.stages))
     runner = LavaRunner(lambda inputs, num_steps: build_network(plan, bufs), SELECT_TAG[precision],

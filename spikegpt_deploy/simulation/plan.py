@@ -1,10 +1,10 @@
 """Plan the Lava network of a bundle's IR: its processes, ports, and the phase of every value.
 
-Processes (``backends/lava_network.py`` instantiates them; details in ``simulation_chip``):
+Processes (``simulation/lava/network.py`` instantiates them; details in ``simulation.chip``):
 - chip, Lava's own ``Dense``: one per layer for its spike-driven linears (the SpikeSum realised
   by the Dense's InPort adding the populations' connections), one per chip Linear (graded);
 - chip, ``GatedLIF``: one per LIF population (Lava's LIF models, updated once per token);
-- host, ``HostStage`` (numpy, the interpreter's own ops, ``simulation_stage``): one process for
+- host, ``HostStage`` (numpy, the interpreter's own ops, ``simulation.stage``): one process for
   the whole host partition (layout 'single', the default: fewest processes), or one per layer
   (layout 'layers': emb, blocks.N, head), chained in that order: the values a later stage needs
   ride the chain message, the sampled token goes back to the embedding stage.
@@ -18,7 +18,7 @@ input arrives. The sampled token is used one timestep after the logits, so a tok
 D = 1 + phase(logits) timesteps: two Dense hops per block (four under policy graded: att.output
 and ffn.value are Denses too), one for the head's readout, one for the token's way back.
 Populations fire on distinct phases, which lets one Dense serve several of them (see
-``simulation_chip``) and one host port receive the spikes of all LIFs.
+``simulation.chip``) and one host port receive the spikes of all LIFs.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SimulationError
-from .interpreter import Executor
-from .ir import HOST, IR, Port
-from .profiling.counts import layer_of, layer_rank
-from .sampling import SamplingOptions
-from .simulation_chip import ChipProcess, ChipWiring, Connection
-from .simulation_stage import (SLOTS, TOKEN_KEY, HostNode, InSlot, OutSlot, PortEntry,
-                               StageProgram)
+from ..errors import SimulationError
+from ..interpreter import Executor
+from ..ir import HOST, IR, Port
+from ..profiling.counts import layer_of, layer_rank
+from ..sampling import SamplingOptions
+from .chip import ChipProcess, ChipWiring, Connection
+from .stage import (SLOTS, TOKEN_KEY, HostNode, InSlot, OutSlot, PortEntry,
+                    StageProgram)
 
 PRECISIONS = ("float", "fixed")
 HOST_LAYOUTS = ("layers", "single")

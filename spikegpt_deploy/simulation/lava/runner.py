@@ -8,7 +8,7 @@ it forks into its own session and process group:
 
 - the child builds the network (``build(inputs, num_steps) -> LavaNetwork``), compiles it,
   reports the shared-memory segments it mapped, runs, reads the outputs (streamed through
-  ``lava_procs.sinks`` buffers, not Var.get), stops Lava cleanly and sends the results back;
+  ``lava.procs.sinks`` buffers, not Var.get), stops Lava cleanly and sends the results back;
 - on an error inside a process model the child sends the model's real traceback (from Lava's
   runtime log at INFO, or its actors) and exits without the hanging ``stop()``;
 - the parent waits with a timeout; on error, timeout, Ctrl-C (KeyboardInterrupt), SIGTERM or
@@ -43,9 +43,9 @@ from typing import Any, Callable, Mapping, NoReturn
 
 import numpy as np
 
-from spikegpt_deploy.backends.base import RunResult
-from spikegpt_deploy.backends.proc_group import (SHM_DIR, end_own_group, group_members,
-                                                 mapped_segments, unlink_segments)
+from spikegpt_deploy.simulation.backend import RunResult
+from spikegpt_deploy.processes import (SHM_DIR, end_own_group, group_members,
+                                       mapped_segments, unlink_segments)
 from spikegpt_deploy.errors import DeployError, SimulationError
 from spikegpt_deploy.signals import deferred_signals, termination_raises
 
@@ -61,7 +61,7 @@ class LavaNetwork:
     """What a build function returns.
 
     run_process: any process of the network (``run`` is called on it). outputs: name -> a
-    ``lava_procs.sinks`` StreamSink / VarProbe (streamed, (T, *shape)), a
+    ``lava.procs.sinks`` StreamSink / VarProbe (streamed, (T, *shape)), a
     ``lava.proc.io.sink.RingBuffer`` (read with Var.get, slow: keep it small; returned time-first)
     or a Var (its final value). exception_proc_model_map: passed to ``Loihi2SimCfg``.
     """
@@ -121,7 +121,7 @@ def _failed_actors(process: Any) -> list[str]:
 
 def _read_output(name: str, obj: Any) -> np.ndarray:
     data = getattr(obj, "data", None)
-    if callable(data):  # lava_procs StreamSink / VarProbe: (T, *shape) already
+    if callable(data):  # lava.procs.sinks StreamSink / VarProbe: (T, *shape) already
         return np.asarray(data())
     if data is not None and hasattr(data, "get"):  # lava.proc.io.sink.RingBuffer: (*shape, T)
         return np.moveaxis(np.asarray(data.get()), -1, 0)

@@ -1,6 +1,6 @@
 """The chip side of the simulated network: Lava's Dense and GatedLIF processes and their wiring.
 
-``ChipWiring`` is a mixin of ``simulation_plan._Planner`` (it uses the planner's schedule, widths
+``ChipWiring`` is a mixin of ``simulation.plan._Planner`` (it uses the planner's schedule, widths
 and host-port helpers). What it plans, per precision:
 
 - LIF population -> ``GatedLIF``. float: Lava's float LIF with du = 1, dv = 1/tau, vth just
@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from . import fixed_point as fp
-from .errors import SimulationError
-from .ir import Port
-from .passes.quantize import readout_scale
-from .profiling.counts import layer_of
-from .simulation_stage import PortEntry
+from .. import fixed_point as fp
+from ..errors import SimulationError
+from ..ir import Port
+from ..passes.quantize import readout_scale
+from ..profiling.counts import layer_of
+from .stage import PortEntry
 
 
 

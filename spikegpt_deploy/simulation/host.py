@@ -1,6 +1,6 @@
 """What the host process of the pipelined network does on each timestep (numpy only).
 
-``HostPipeRunner`` runs a ``simulation_pipeline.HostProgram``: on timestep t every token k in
+``HostPipeRunner`` runs a ``simulation.program.HostProgram``: on timestep t every token k in
 flight (started on ``starts[k]``, so on phase t - starts[k]) does its phase's host nodes with the
 interpreter's own op functions (``FLOAT_OPS``), oldest token first, so that a token sampled from
 an older token's logits is embedded on the same timestep. Each token keeps its own values until
@@ -17,10 +17,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .interpreter import FLOAT_OPS
-from .sampling import Sampler
-from .simulation_pipeline import Entry, HostProgram, Key
-from .simulation_stage import decode, encode
+from ..interpreter import FLOAT_OPS
+from ..sampling import Sampler
+from .program import Entry, HostProgram, Key
+from .stage import decode, encode
 
 F32 = np.float32
 

@@ -1,10 +1,10 @@
 """What one host stage of the simulated network does on each Lava timestep (numpy only).
 
-A host stage is one Lava process on the CPU (``backends/lava_procs/host_stage.py``) that runs a
+A host stage is one Lava process on the CPU (``simulation/lava/procs/host_stage.py``) that runs a
 slice of the IR's host partition with the interpreter's own op functions (``FLOAT_OPS``), so the
 host math is the IR's. Token k occupies Lava timesteps k*D+1 .. (k+1)*D (D = ``period``); every
 host node, value and port entry has a fixed *phase* (0..D-1) inside that window, computed by
-``simulation_plan``. On each timestep the stage:
+``simulation.plan``. On each timestep the stage:
 
 1. sends zeros at once on every out port that carries nothing on this phase (so that no reader
    waits on this stage when it has nothing to say), then receives its ``early`` port (the chain
@@ -34,9 +34,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import fixed_point as fp
-from .interpreter import FLOAT_OPS
-from .sampling import Sampler, SamplingOptions
+from .. import fixed_point as fp
+from ..interpreter import FLOAT_OPS
+from ..sampling import Sampler, SamplingOptions
 
 Key = tuple  # (node id, output port)
 F32 = np.float32
@@ -95,7 +95,7 @@ class OutSlot:
 
 @dataclass
 class StageProgram:
-    """Everything a host stage needs; built by ``simulation_plan``, run by ``StageRunner``."""
+    """Everything a host stage needs; built by ``simulation.plan``, run by ``StageRunner``."""
 
     name: str
     period: int

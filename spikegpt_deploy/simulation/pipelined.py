@@ -1,4 +1,4 @@
-"""Run the pipelined network (``simulation_pipeline``) in Lava and collect a SimulationResult.
+"""Run the pipelined network (``simulation.program``) in Lava and collect a SimulationResult.
 
 ``run_pipelined`` feeds teacher-forced tokens one timestep apart (the schedule's interval) and
 then, when tokens are to be generated, continues autoregressively. ``evaluate_tokens`` is the
@@ -18,20 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import Bundle, load_bundle
-from .errors import DataError, SimulationError
-from .interpreter import Executor
-from .passes.quantize import emulator
-from .sampling import SamplingOptions
-from .simulation import SELECT_TAG
-from .simulation_pipeline import plan_pipeline
+from ..bundle import Bundle, load_bundle
+from ..errors import DataError, SimulationError
+from ..interpreter import Executor
+from ..passes.quantize import emulator
+from ..sampling import SamplingOptions
+from .run import SELECT_TAG
+from .program import plan_pipeline
 
 log = logging.getLogger(__name__)
 
 
 def _buffers(plan: Any, T: int, n_tokens: int) -> dict[str, Any]:
     """``run_buffers`` plus the wall time at which each token was done (prefill / decode)."""
-    from .backends.lava_procs.shared_buffer import SharedStepBuffer, run_buffers
+    from .lava.procs.shared_buffer import SharedStepBuffer, run_buffers
 
     bufs = run_buffers(plan, T, n_tokens)
     bufs["token_time"] = SharedStepBuffer((1,), T)
@@ -43,9 +43,9 @@ def run_pipelined(bundle: Bundle, ids: list[int], n_tokens: int, precision: str,
                   stream: Any, fault: tuple[str, int] | None, t0: float) -> Any:
     """Feed ``ids`` (pipelined) and sample ``n_tokens`` (autoregressive); ``stream`` is the
     caller's token streamer (``simulation._TokenStream`` factory: bufs -> streamer or None)."""
-    from .backends.lava_procs.chip_core import build_pipeline_network
-    from .backends.lava_runner import LavaRunner
-    from .simulation import SimulationResult, _check_memory
+    from .lava.procs.chip_core import build_pipeline_network
+    from .lava.runner import LavaRunner
+    from .run import SimulationResult, _check_memory
 
     plan = plan_pipeline(bundle.ir, precision, ids, n_tokens, sampling, fault)
     T = len(ids) + max(n_tokens, 1) - 1
@@ -114,8 +114,8 @@ def evaluate_tokens(bundle_path: str | Path, ids: list[int], precision: str = "f
                     timeout_s: float | None = None) -> LavaEvaluation:
     """Teacher-forced Lava run over ``ids``: bits per token of ids[1:] and the comparison with
     the numpy reference of the same precision (module docstring)."""
-    from .backends.lava_runner import require_lava
-    from .simulation import bits_per_token
+    from .lava.runner import require_lava
+    from .run import bits_per_token
 
     require_lava()
     if precision not in SELECT_TAG:
