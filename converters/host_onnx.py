@@ -10,10 +10,10 @@ per token (B = a dynamic dimension ``batch``; every float value is float32 [B, w
              next.<slot>               the host state slot's value for the next token
              to_chip.<node>.<port>     a host -> chip crossing value
 
-Each IR op is written with plain ONNX operators (opset 17) in the order of operations of the numpy
-reference (``spikegpt_deploy.interpreter.FLOAT_OPS``), so the two agree to float32 rounding.
-FoldCorrection follows ``spikegpt_deploy.passes.fold.fold_correction``. An op without a
-translation is a ConversionError naming the node. The converter reads the IR, never mutates it.
+Each IR op is written with plain ONNX operators (opset 17) by its ONNX facet, which sits beside
+its numpy function in the op's definition (``spikegpt_deploy.ops``) and follows its order of
+operations, so the two agree to float32 rounding. An op without a translation is a
+ConversionError naming the node. The converter reads the IR, never mutates it.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from converters.onnx_export import OPSET, write_atomically
+from spikegpt_deploy import ops
 from spikegpt_deploy.errors import ConversionError
 from spikegpt_deploy.interpreter import annotate_shapes
 from spikegpt_deploy.ir import HOST, IR, Port
@@ -63,7 +64,10 @@ class HostOnnxInfo:
 
 
 class _Builder:
-    """Collects ONNX nodes and initializers with unique value names."""
+    """Collects ONNX nodes and initializers with unique value names: what an op's ONNX facet
+    (``spikegpt_deploy.ops``) writes with, so that the op definitions need no onnx import."""
+
+    FLOAT = TensorProto.FLOAT  # the ``to`` of a Cast to float32
 
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
@@ -96,149 +100,9 @@ class _Builder:
         return self.op(op_type, inputs, hint, **attrs)[0]
 
 
-Translate = Callable[[_Builder, str, dict[str, Any], list[str]], list[str]]
-
-
-def _stats(b: _Builder, nid: str, x: str, eps: float) -> tuple[str, str, str]:
-    """mean, x - mean, sqrt(var + eps): ``interpreter._layernorm_stats``."""
-    mean = b.one("ReduceMean", [x], nid, axes=[-1], keepdims=1)
-    centred = b.one("Sub", [x, mean], nid)
-    var = b.one("ReduceMean", [b.one("Mul", [centred, centred], nid)], nid, axes=[-1], keepdims=1)
-    std = b.one("Sqrt", [b.one("Add", [var, b.const(F32(eps))], nid)], nid)
-    return mean, centred, std
-
-
-def _layernorm(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    _, centred, std = _stats(b, nid, ins[0], n["attrs"]["eps"])
-    scaled = b.one("Mul", [b.one("Div", [centred, std], nid),
-                           b.const(n["params"]["weight"], f"{nid}.weight")], nid)
-    return [b.one("Add", [scaled, b.const(n["params"]["bias"], f"{nid}.bias")], nid)]
-
-
-def _layernorm_stats(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    mean, _, std = _stats(b, nid, ins[0], n["attrs"]["eps"])
-    return [mean, b.one("Reciprocal", [std], nid)]
-
-
-def _linear(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    weight_t = np.ascontiguousarray(np.asarray(n["params"]["weight"], dtype=F32).T)
-    return [b.one("MatMul", [ins[0], b.const(weight_t, f"{nid}.weight_t")], nid)]
-
-
-def _token_shift_mix(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    mix = np.asarray(n["params"]["mix"], dtype=F32)
-    cur = b.one("Mul", [ins[0], b.const(mix, f"{nid}.mix")], nid)
-    prev = b.one("Mul", [ins[1], b.const(F32(1) - mix, f"{nid}.one_minus_mix")], nid)
-    return [b.one("Add", [cur, prev], nid)]
-
-
-def _heaviside(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    fired = b.one("GreaterOrEqual", [ins[0], b.const(F32(0))], nid)
-    return [b.one("Cast", [fired], nid, to=TensorProto.FLOAT)]
-
-
-def _wkv(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    """The stabilised WKV step of ``interpreter._wkv`` (spec 2.10)."""
-    k, v, aa, bb, pp = ins
-    w, u = b.const(n["params"]["w"], f"{nid}.w"), b.const(n["params"]["u"], f"{nid}.u")
-
-    def mix(a: str, c: str) -> tuple[str, str, str]:  # p = max(a, c); e^(a - p), e^(c - p)
-        p = b.one("Max", [a, c], nid)
-        return p, b.one("Exp", [b.one("Sub", [a, p], nid)], nid), \
-            b.one("Exp", [b.one("Sub", [c, p], nid)], nid)
-
-    _, e1, e2 = mix(pp, b.one("Add", [u, k], nid))
-    e2v = b.one("Mul", [e2, v], nid)
-    num = b.one("Add", [b.one("Mul", [e1, aa], nid), e2v], nid)
-    den = b.one("Add", [b.one("Mul", [e1, bb], nid), e2], nid)
-    wkv = b.one("Div", [num, den], nid)
-    p, e1, e2 = mix(b.one("Add", [pp, w], nid), k)
-    aa_next = b.one("Add", [b.one("Mul", [e1, aa], nid), b.one("Mul", [e2, v], nid)], nid)
-    bb_next = b.one("Add", [b.one("Mul", [e1, bb], nid), e2], nid)
-    return [wkv, aa_next, bb_next, p]
-
-
-def _lif(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    x, v = ins
-    leak = b.one("Mul", [b.one("Sub", [x, v], nid), b.const(F32(1.0 / n["attrs"]["tau"]))], nid)
-    h = b.one("Add", [v, leak], nid)
-    fired = b.one("GreaterOrEqual", [h, b.const(F32(n["attrs"]["threshold"]))], nid)
-    s = b.one("Cast", [fired], nid, to=TensorProto.FLOAT)
-    return [s, b.one("Mul", [h, b.one("Sub", [b.const(F32(1)), s], nid)], nid)]
-
-
-def _spike_sum(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    terms = [x if c == 1 else b.one("Mul", [x, b.const(F32(c))], nid)
-             for c, x in zip(n["attrs"]["coefficients"], ins)]
-    total = terms[0]
-    for term in terms[1:]:
-        total = b.one("Add", [total, term], nid)
-    return [total]
-
-
-def _slice(b: _Builder, nid: str, x: str, start: int, end: int) -> str:
-    i64 = np.int64
-    return b.one("Slice", [x, b.const([start], dtype=i64), b.const([end], dtype=i64),
-                           b.const([1], dtype=i64)], nid)
-
-
-def _fold_correction(b: _Builder, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    """``passes.fold.fold_correction``: y = (scale (x0 part + y_n) - mu A1) (1/sigma) + W beta."""
-    p, a = n["params"], n["attrs"]
-    out = int(a["out"])
-    it = iter(ins)
-    y_n = next(it) if a["has_counts"] else None
-    x0_part = next(it)
-    mu, sigma = next(it), next(it)
-    if a["binary_x0"]:
-        mu0, sigma0 = next(it), next(it)
-        centred = b.one("Sub", [x0_part, b.one("Mul", [mu0, b.const(p["w_gamma0"],
-                                                                    f"{nid}.w_gamma0")], nid)],
-                        nid)
-        x0_part = b.one("Add", [b.one("Mul", [centred, sigma0], nid),
-                                b.const(p["w_beta0"], f"{nid}.w_beta0")], nid)
-    total = x0_part if y_n is None else b.one("Add", [x0_part, y_n], nid)
-    if float(a["scale"]) != 1.0:
-        total = b.one("Mul", [b.const(F32(a["scale"])), total], nid)
-    cur = b.one("Mul", [b.one("Sub", [total, b.one("Mul", [mu, b.const(p["w_one"],
-                                                                       f"{nid}.w_one")], nid)],
-                              nid), sigma], nid)
-    w_beta = np.asarray(p["w_beta"], dtype=F32)
-    if not a["has_shift"]:
-        return [b.one("Add", [cur, b.const(w_beta[:out], f"{nid}.w_beta")], nid)]
-    y = b.one("Add", [_slice(b, nid, cur, 0, out), b.const(w_beta[:out], f"{nid}.w_beta")], nid)
-    y = b.one("Add", [y, next(it)], nid)
-    shift = b.one("Add", [_slice(b, nid, cur, out, 2 * out),
-                          b.const(w_beta[out:], f"{nid}.w_beta_shift")], nid)
-    return [y, shift]
-
-
-def _unary(op_type: str) -> Translate:
-    return lambda b, nid, n, ins: [b.one(op_type, ins, nid)]
-
-
-TRANSLATIONS: dict[str, Translate] = {
-    "Embedding": lambda b, nid, n, ins: [b.one("Gather", [b.const(n["params"]["weight"],
-                                                                  f"{nid}.weight"), ins[0]],
-                                               nid, axis=0)],
-    "Heaviside": _heaviside,
-    "LayerNorm": _layernorm,
-    "TokenShiftMix": _token_shift_mix,
-    "Linear": _linear,
-    "SpikeLinear": _linear,
-    "Sigmoid": _unary("Sigmoid"),
-    "ReLU": _unary("Relu"),
-    "Square": lambda b, nid, n, ins: [b.one("Mul", [ins[0], ins[0]], nid)],
-    "Mul": _unary("Mul"),
-    "Add": _unary("Add"),
-    "Scale": lambda b, nid, n, ins: [b.one("Mul", [ins[0], b.const(F32(n["attrs"]["factor"]))],
-                                           nid)],
-    "WKV": _wkv,
-    "LIF": _lif,
-    "SpikeSum": _spike_sum,
-    "LayerNormStats": _layernorm_stats,
-    "FoldCorrection": _fold_correction,
-}
+# op -> its translation (written against ``_Builder``): a live view of the op definitions
+# (``spikegpt_deploy.ops``), beside each op's numpy function
+TRANSLATIONS: Mapping[str, ops.OnnxFn] = ops.ONNX
 
 
 def _value_info(name: str, elem: int, width: int | None) -> onnx.ValueInfoProto:

@@ -1,6 +1,7 @@
 """The spiking (chip) partition of a partitioned IR as a NIR graph (``nir.write`` / ``nir.read``).
 
-What is exported (one NIR node per chip node of the IR, named by the IR node id):
+What is exported (one NIR node per chip node of the IR, named by the IR node id; each op's NIR
+node type and parameters are its NIR facet in ``spikegpt_deploy.ops``):
 
     IR op         NIR node    parameters
     LIF           nir.LIF     tau, r, v_leak, v_threshold, v_reset (mapping below)
@@ -52,12 +53,16 @@ from typing import Any
 
 import numpy as np
 
+from spikegpt_deploy import ops
 from spikegpt_deploy.errors import ConversionError
 from spikegpt_deploy.ir import HOST, IR
+from spikegpt_deploy.ops.lif import NIR_DT_S, lif_parameters  # noqa: F401  (public here too)
+from spikegpt_deploy.ops.lif import check_dt as _check_dt
+from spikegpt_deploy.ops.linear import chip_weight  # noqa: F401  (public here too)
 
-NIR_DT_S = 1e-4  # NIR PR #164/#165: the Lava <-> NIR bridge assumes dt = 1e-4 s
 F32 = np.float32
-CHIP_OPS = {"LIF": "LIF", "SpikeLinear": "Linear", "Linear": "Linear", "SpikeSum": "Scale"}
+# chip op -> its NIR node type: a live view of the op definitions' NIR facet (``ops``)
+CHIP_OPS = ops.NIR_TYPE
 LIF_MEMBRANE_PORT = 1  # IR LIF: inputs (x, v), outputs (s, v')
 
 
@@ -114,24 +119,6 @@ def _require_nir() -> Any:
 
 
 # ---------------------------------------------------------------------------- LIF mapping
-def _check_dt(dt_s: float) -> None:
-    if not (np.isfinite(dt_s) and dt_s > 0):
-        raise ConversionError(f"NIR export: dt_s={dt_s}; expected a positive number of seconds")
-
-
-def lif_parameters(width: int, tau_steps: float = 2.0, threshold: float = 1.0,
-                   dt_s: float = NIR_DT_S) -> dict[str, np.ndarray]:
-    """NIR LIF parameters for SpikeGPT's discrete LIF (see the module docstring): float32 arrays."""
-    _check_dt(dt_s)
-    if not tau_steps > 1:
-        raise ConversionError(f"NIR export: LIF tau={tau_steps} steps; expected > 1 (the forward "
-                              "Euler step dt / tau must be below 1)")
-    ones = np.ones(int(width), F32)
-    return {"tau": ones * F32(tau_steps * dt_s), "r": ones.copy(), "v_leak": np.zeros_like(ones),
-            "v_threshold": ones * np.nextafter(F32(threshold), F32(0)),
-            "v_reset": np.zeros_like(ones)}
-
-
 def simulate_lif(lif: Any, currents: np.ndarray, dt_s: float = NIR_DT_S
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Run a nir.LIF's parameters with this module's discretisation on currents (T, N), from
@@ -151,33 +138,6 @@ def simulate_lif(lif: Any, currents: np.ndarray, dt_s: float = NIR_DT_S
         v = np.where(spikes[t], v_reset, v).astype(F32)
         trace[t] = v
     return spikes, trace
-
-
-# ------------------------------------------------------------------------------ weights
-def chip_weight(ir: IR, node_id: str) -> tuple[np.ndarray, str]:
-    """The (out, in) float weight a chip SpikeLinear / Linear applies, and 'float' or
-    'dequantized'. Quantized: weight_q * weight_scale; a chip Linear that feeds a LIF directly
-    (output 'lif_current') has weight_scale = 2**weight_exp / (2**b * input_step), b the LIF's
-    input_scale_bits (passes/quantize.py)."""
-    node = ir.node(node_id)
-    p, a = node["params"], node["attrs"]
-    if "weight_q" not in p:
-        return np.asarray(p["weight"], F32), "float"
-    if "weight_scale" in p:    # one scale per output channel
-        scale = np.asarray(p["weight_scale"], np.float64)[:, None]
-    elif "weight_scale" in a:
-        scale = float(a["weight_scale"])
-    elif a.get("output") == "lif_current":
-        readers = ir.consumers(node_id)
-        if len(readers) != 1 or ir.node(readers[0][0])["op"] != "LIF":
-            raise ConversionError(f"NIR export: chip Linear '{node_id}' is marked 'lif_current' "
-                                  f"but feeds {readers}, not exactly one LIF")
-        bits = int(ir.node(readers[0][0])["attrs"]["input_scale_bits"])
-        scale = 2.0 ** int(a["weight_exp"]) / (2.0 ** bits * float(a["input_step"]))
-    else:
-        raise ConversionError(f"NIR export: quantized node '{node_id}' has weight_q but no "
-                              "weight_scale; re-run the quantize pass")
-    return (np.asarray(p["weight_q"], np.float64) * scale).astype(F32), "dequantized"
 
 
 # ------------------------------------------------------------------------------- export
@@ -205,22 +165,18 @@ def _shape(ir: IR, d: dict[str, Any], where: str) -> tuple[int, ...]:
 
 
 def _nir_node(nir: Any, ir: IR, n: str, dt_s: float) -> tuple[Any, str]:
-    """One chip node as a NIR node, and 'lif' | 'float' | 'dequantized' | '' (SpikeSum)."""
+    """One chip node as a NIR node (the op's NIR facet, ``spikegpt_deploy.ops``), and 'lif' |
+    'float' | 'dequantized' | '' (what its weights are)."""
     d = ir.node(n)
-    meta = {"ir_op": d["op"], "module": d["module"]}
-    if d["op"] == "LIF":
-        width = _shape(ir, ir.in_edges(n)[0][2], f"into '{n}'")[0]
-        params = lif_parameters(width, float(d["attrs"].get("tau", 2.0)),
-                                float(d["attrs"].get("threshold", 1.0)), dt_s)
-        return nir.LIF(**params, metadata=meta), "lif"
-    if d["op"] in ("SpikeLinear", "Linear"):
-        weight, kind = chip_weight(ir, n)
-        return nir.Linear(weight=weight, metadata=meta), kind
-    if d["op"] == "SpikeSum":
-        width = _shape(ir, ir.in_edges(n)[0][2], f"into '{n}'")[0]
-        return nir.Scale(scale=np.ones(width, F32), metadata=meta), ""
-    raise ConversionError(f"NIR export: chip node '{n}' ({d['op']}, from {d['module']}) has no "
-                          f"NIR equivalent; NIR expresses the chip ops {sorted(CHIP_OPS)}")
+    form = ops.op_def(d["op"]).nir
+    if not isinstance(form, ops.NirForm):
+        raise ConversionError(f"NIR export: chip node '{n}' ({d['op']}, from {d['module']}) has "
+                              f"no NIR equivalent ({form.reason}); NIR expresses the chip ops "
+                              f"{sorted(CHIP_OPS)}")
+    width = _shape(ir, ir.in_edges(n)[0][2], f"into '{n}'")[0]
+    params, kind = form.build(ir, n, width, dt_s)
+    return getattr(nir, form.node_type)(**params, metadata={"ir_op": d["op"],
+                                                            "module": d["module"]}), kind
 
 
 def chip_partition_to_nir(ir: IR, path: str | Path, dt_s: float = NIR_DT_S) -> NirInfo:

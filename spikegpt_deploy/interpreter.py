@@ -1,94 +1,28 @@
 """Run an IR on numpy, one token at a time (float32, batch axis first).
 
 This is the reference executor for every transformation: a pass is correct when the interpreter
-gives the same outputs before and after it. ``Executor`` takes an op table so that the quantized
-emulation (fixed-point chip ops) can reuse the same walk.
+gives the same outputs before and after it. The op functions are the ops' own definitions
+(``spikegpt_deploy.ops``); ``Executor`` takes an op table so that the quantized emulation
+(fixed-point chip ops) can reuse the same walk.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import networkx as nx
 import numpy as np
 
+from . import ops
 from .errors import ConversionError, DataError
 from .ir import IR, Port
-from .passes.fold import fold_correction  # kept next to the rewrite it inverts
+from .ops import OpFn, plumbing_ops
 
 Array = np.ndarray
-OpFn = Callable[[dict[str, Any], list[Array]], tuple[Array, ...]]
 F32 = np.float32
-
-
-def _sigmoid(x: Array) -> Array:
-    return (1.0 / (1.0 + np.exp(-x))).astype(F32)
-
-
-def _layernorm_stats(x: Array, eps: float) -> tuple[Array, Array]:
-    mean = x.mean(axis=-1, keepdims=True, dtype=F32)
-    var = np.square(x - mean).mean(axis=-1, keepdims=True, dtype=F32)
-    return mean.astype(F32), np.sqrt(var + F32(eps)).astype(F32)
-
-
-def _mean_inv_std(x: Array, eps: float) -> tuple[Array, Array]:
-    """LayerNormStats: mean and 1 / sqrt(var + eps), so users multiply instead of divide."""
-    mean, std = _layernorm_stats(x, eps)
-    return mean, (F32(1) / std).astype(F32)
-
-
-def _layernorm(n: dict[str, Any], ins: list[Array]) -> tuple[Array]:
-    mean, std = _layernorm_stats(ins[0], n["attrs"]["eps"])
-    return (((ins[0] - mean) / std) * n["params"]["weight"] + n["params"]["bias"]).astype(F32),
-
-
-def _wkv(n: dict[str, Any], ins: list[Array]) -> tuple[Array, ...]:
-    k, v, aa, bb, pp = ins
-    w, u = n["params"]["w"], n["params"]["u"]
-    ww = u + k
-    p = np.maximum(pp, ww)
-    e1, e2 = np.exp(pp - p), np.exp(ww - p)
-    wkv = (e1 * aa + e2 * v) / (e1 * bb + e2)
-    ww = pp + w
-    p = np.maximum(ww, k)
-    e1, e2 = np.exp(ww - p), np.exp(k - p)
-    return wkv.astype(F32), (e1 * aa + e2 * v).astype(F32), (e1 * bb + e2).astype(F32), \
-        p.astype(F32)
-
-
-def _lif(n: dict[str, Any], ins: list[Array]) -> tuple[Array, Array]:
-    x, v = ins
-    h = v + (x - v) * F32(1.0 / n["attrs"]["tau"])
-    s = (h >= F32(n["attrs"]["threshold"])).astype(F32)
-    return s, (h * (F32(1.0) - s)).astype(F32)
-
-
-def _linear(n: dict[str, Any], ins: list[Array]) -> tuple[Array]:
-    return (ins[0] @ n["params"]["weight"].T).astype(F32),
-
-
-FLOAT_OPS: dict[str, OpFn] = {
-    "Embedding": lambda n, i: (n["params"]["weight"][i[0]],),
-    "Heaviside": lambda n, i: ((i[0] >= 0).astype(F32),),
-    "LayerNorm": _layernorm,
-    "TokenShiftMix": lambda n, i: ((i[0] * n["params"]["mix"]
-                                    + i[1] * (F32(1) - n["params"]["mix"])).astype(F32),),
-    "Linear": _linear,
-    "Sigmoid": lambda n, i: (_sigmoid(i[0]),),
-    "ReLU": lambda n, i: (np.maximum(i[0], F32(0)),),
-    "Square": lambda n, i: ((i[0] * i[0]).astype(F32),),
-    "Mul": lambda n, i: ((i[0] * i[1]).astype(F32),),
-    "Add": lambda n, i: ((i[0] + i[1]).astype(F32),),
-    "Scale": lambda n, i: ((i[0] * F32(n["attrs"]["factor"])).astype(F32),),
-    "WKV": _wkv,
-    "LIF": _lif,
-    "SpikeSum": lambda n, i: (sum(F32(c) * x for c, x in zip(n["attrs"]["coefficients"], i))
-                              .astype(F32),),
-    "SpikeLinear": _linear,
-    "LayerNormStats": lambda n, i: _mean_inv_std(i[0], n["attrs"]["eps"]),
-    "FoldCorrection": fold_correction,
-}
+# op -> its float32 numpy function: a live view of the op definitions (``spikegpt_deploy.ops``)
+FLOAT_OPS: Mapping[str, OpFn] = ops.FLOAT
 
 
 @dataclass
@@ -107,7 +41,7 @@ class Executor:
         self.order = ir.topological()
         self._inputs = {n: ir.inputs(n) for n in self.order}
         missing = sorted({ir.node(n)["op"] for n in self.order} - set(self.ops)
-                         - {"Input", "Output", "StateIn", "StateOut"})
+                         - set(plumbing_ops()))
         if missing:
             raise ConversionError(f"the executor has no implementation of op(s) {missing}")
 
@@ -207,7 +141,7 @@ def recurrent_groups(ir: IR) -> list[list[str]]:
 
 def _shift_only(ir: IR, group: list[str]) -> bool:
     """A FoldCorrection whose only cycle is its token-shift slot (StateIn as its last input,
-    StateOut of its output 1): the shape ``fold_layernorm`` builds (see ``fold_correction``)."""
+    StateOut of its output 1): the shape ``fold_layernorm`` builds (see ``ops.norm.fold_correction``)."""
     ops = sorted(ir.node(n)["op"] for n in group)
     if ops != ["FoldCorrection", "StateIn", "StateOut"]:
         return False

@@ -4,7 +4,7 @@ One IR describes one RNN step of SpikeGPT: token id and state in, logits and sta
 per sample (the batch axis is implicit and leading at run time).
 
 Node attributes:
-    op       op type (see OPS), named after the source (LIF, Linear, WKV, LayerNorm, ...)
+    op       op type (see OPS and ``spikegpt_deploy.ops``), named after the source (LIF, Linear, WKV, LayerNorm, ...)
     module   the source module path in the PyTorch model, e.g. ``blocks.0.att.key``
     params   dict name -> numpy array (weights; never mutated in place: passes copy)
     attrs    dict of plain values (eps, factor, state name, ...)
@@ -28,35 +28,14 @@ from typing import Any, Iterator
 import networkx as nx
 import numpy as np
 
+from . import ops
 from .errors import ConversionError
 
 HOST = "host"  # the placement of host nodes; chip nodes are placed on the target's name
 
-# op -> (number of inputs or None for variadic, number of outputs, one-line semantics)
-OPS: dict[str, tuple[int | None, int, str]] = {
-    "Input": (0, 1, "token id of this step (int64 scalar per sample)"),
-    "Output": (1, 0, "a graph output (attrs: name)"),
-    "StateIn": (0, 1, "a state slot's value from the previous token (attrs: state, init)"),
-    "StateOut": (1, 0, "a state slot's value for the next token (attrs: state)"),
-    "Embedding": (1, 1, "y = weight[token]"),
-    "Heaviside": (1, 1, "y = 1 if x >= 0 else 0 (binary)"),
-    "LayerNorm": (1, 1, "y = weight * (x - mean) / sqrt(var + eps) + bias"),
-    "TokenShiftMix": (2, 1, "y = mix * a + (1 - mix) * prev"),
-    "Linear": (1, 1, "y = weight @ x (weight [out, in], no bias)"),
-    "Sigmoid": (1, 1, "y = 1 / (1 + exp(-x))"),
-    "ReLU": (1, 1, "y = max(x, 0)"),
-    "Square": (1, 1, "y = x * x"),
-    "Mul": (2, 1, "y = a * b (elementwise)"),
-    "Add": (2, 1, "y = a + b (elementwise)"),
-    "Scale": (1, 1, "y = factor * x (attrs: factor, a constant)"),
-    "WKV": (5, 4, "inputs k, v, aa, bb, pp; outputs wkv, aa', bb', pp' (spec 2.10; params w, u)"),
-    "LIF": (2, 2, "inputs x, v; H = v + (x - v)/2, s = [H >= 1], v' = H (1 - s); outputs s, v'"),
-    # Produced by passes (fold_layernorm, quantize):
-    "SpikeSum": (None, 1, "y = sum_j coefficients[j] * x_j: integer spike counts of the stream"),
-    "SpikeLinear": (1, 1, "y = weight @ x on spike / spike-count input (the folded linears)"),
-    "LayerNormStats": (1, 2, "outputs mean(x) and 1 / sqrt(var(x) + eps)"),
-    "FoldCorrection": (None, 2, "host side of a folded linear (spec 6.3); outputs y, next shift"),
-}
+# op -> (number of inputs or None for variadic, number of outputs, one-line semantics): a live
+# view of the op definitions (``spikegpt_deploy.ops``), where every op is defined once
+OPS = ops.ARITY
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 What may go on the chip comes from the target profile's capability table (``hw_profiles/``):
 ``chip_ops`` (op kinds), ``linear_input_classes`` (what a chip Linear can consume) and
-``graded_spikes`` / ``graded_spike_bits_max``. Policies:
+``graded_spikes`` / ``graded_spike_bits_max``; what each op needs of it is the op's chip facet
+(``spikegpt_deploy.ops``). Policies:
 
 - ``spikes`` (default): spike-driven linears (SpikeLinear after fold_layernorm), the spike-count
   accumulators (SpikeSum) and the LIF populations on chip; every float op on the host.
@@ -22,36 +23,17 @@ import numpy as np
 
 from hw_profiles import HardwareProfile
 
+from . import ops
 from .errors import ConversionError
 from .interpreter import annotate_shapes
 from .ir import HOST, IR, infer_value_classes
 
 POLICIES = ("spikes", "graded")
-# IR op -> the capability name a profile lists in chip_ops
-CAPABILITY_OF = {"SpikeLinear": "Linear", "Linear": "Linear", "SpikeSum": "Accumulate",
-                 "LIF": "LIF"}
+# IR op -> the capability name a profile lists in chip_ops; op -> why it stays on the host (the
+# fallback names the op). Both are live views of the op definitions' chip facet (``ops``).
+CAPABILITY_OF = ops.CAPABILITY
+HOST_REASONS = ops.HOST_REASON
 GRADED_LINEAR_SUFFIXES = (".att.output", ".ffn.value", ".ffnPre.value")
-# Why float ops stay on the host, by op (the fallback names the missing capability).
-HOST_REASONS = {
-    "WKV": "WKV needs exp, max and division on floats",
-    "LayerNormStats": "LayerNorm statistics need a mean, a variance and a square root",
-    "LayerNorm": "LayerNorm needs a mean, a variance, a square root and a division",
-    "FoldCorrection": "per-token LayerNorm corrections of a folded linear: float scalars times "
-                      "vectors and a division by sigma",
-    "Sigmoid": "sigmoid needs exp and division",
-    "Mul": "elementwise product of two graded float vectors (gating)",
-    "ReLU": "ReLU of a float vector (part of ReLU squared)",
-    "Square": "square of a float vector (part of ReLU squared)",
-    "Embedding": "table lookup of the token id",
-    "Heaviside": "threshold of the looked-up embedding row (on the host, beside the lookup)",
-    "Add": "adds spikes to the float residual stream, which the host needs for LayerNorm "
-           "statistics",
-    "Scale": "rescaling of the float residual stream",
-    "Input": "token ids come from the host",
-    "Output": "logits are read by the host (sampling)",
-    "StateIn": "state of a host op",
-    "StateOut": "state of a host op",
-}
 VALUE_BITS = {"binary": 1, "index": 64, "float": 32}
 
 
@@ -93,34 +75,31 @@ def partition(ir: IR, profile: HardwareProfile, policy: str = "spikes",
         data = out.node(n)
         op = data["op"]
         placement, reason = HOST, HOST_REASONS.get(op, f"{op} is a float op")
-        cap = CAPABILITY_OF.get(op)
+        need = ops.op_def(op).chip
         in_classes = [d["value_class"] for _, _, d in out.in_edges(n)]
-        if op in ("SpikeLinear", "SpikeSum", "LIF"):
-            if cap not in chip_ops:
+        if isinstance(need, ops.ChipNeeds) and need.policy == "spikes":
+            if need.capability not in chip_ops:
                 raise ConversionError(f"node '{n}' ({op}, from {data['module']}): target "
-                                      f"'{profile.name}' cannot run {cap} (chip_ops: "
+                                      f"'{profile.name}' cannot run {need.capability} (chip_ops: "
                                       f"{', '.join(chip_ops)}), which policy '{policy}' needs")
-            if op == "SpikeLinear" and not set(in_classes) <= set(input_classes):
-                raise ConversionError(f"node '{n}' (SpikeLinear, from {data['module']}): target "
-                                      f"'{profile.name}' takes {input_classes} into a Linear, "
-                                      f"the node reads {in_classes}")
-            placement, reason = chip, {
-                "SpikeLinear": f"spike-driven linear: accumulates {'/'.join(in_classes)} spikes",
-                "SpikeSum": "integer accumulation of spikes of the residual stream",
-                "LIF": "LIF neurons map to the chip's LIF (spec 6.1)"}[op]
-        elif op == "Linear":
+            if need.checks_input_classes and not set(in_classes) <= set(input_classes):
+                raise ConversionError(f"node '{n}' ({op}, from {data['module']}): target "
+                                      f"'{profile.name}' takes {input_classes} into a "
+                                      f"{need.capability}, the node reads {in_classes}")
+            placement, reason = chip, need.reason.format(inputs="/".join(in_classes))
+        elif isinstance(need, ops.ChipNeeds):   # policy 'graded': the graded float linears
             if policy == "graded" and data["module"].endswith(GRADED_LINEAR_SUFFIXES):
-                if cap not in chip_ops:
-                    raise ConversionError(f"node '{n}' (Linear, from {data['module']}): target "
-                                          f"'{profile.name}' cannot run Linear")
+                if need.capability not in chip_ops:
+                    raise ConversionError(f"node '{n}' ({op}, from {data['module']}): target "
+                                          f"'{profile.name}' cannot run {need.capability}")
                 placement = chip
-                reason = f"float-input linear fed by {graded_bits}-bit graded spikes (policy graded)"
+                reason = need.reason.format(graded_bits=graded_bits)
                 data["attrs"] = {**data["attrs"], "graded_bits": graded_bits}
             else:
                 reason = ("float-input linear: stays on the host under policy 'spikes' "
                           "(--policy graded moves att.output / ffn.value on chip)"
                           if data["module"].endswith(GRADED_LINEAR_SUFFIXES) else
-                          "linear on a float input that fold_layernorm did not make spike-driven")
+                          need.host_reason or reason)
         data["placement"], data["reason"] = placement, reason
     _place_state(out)
     readout_bits = (profile.capacity_bits("graded_spike_bits_max") if graded_ok else

@@ -12,7 +12,8 @@ spikes of all earlier LIF populations in this token (c_j are powers of two when 
 rescaling is on). A x_t = scale (A x0_t + A n_t): A n_t is pure accumulation over spikes (chip).
 With the Heaviside embedding, x0 = LN0(b) for binary b, so A x0 = (A diag(gamma0) b -
 mu0 A gamma0) / sigma0 + A beta0 is spike-driven too. What is left for the host is per-token
-statistics (mu, sigma, mu0, sigma0) and a few vector operations: the FoldCorrection node.
+statistics (mu, sigma, mu0, sigma0) and a few vector operations: the FoldCorrection node. (its
+numpy function, cost and ONNX form are ``spikegpt_deploy.ops.norm.fold_correction``).
 
 The head (W_head LN_out(x)) is the same rewrite with m = 1 and no token shift.
 """
@@ -53,32 +54,6 @@ def _stream_forms(ir: IR) -> dict[Port, _Stream]:
             f = forms[ins[0]]
             forms[Port(n)] = _Stream(f.x0, list(f.terms), f.scale * data["attrs"]["factor"])
     return forms
-
-
-def fold_correction(node: dict, ins: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Host side of one folded linear. Inputs: y_n, [y_b | y_x0], mu, 1/sigma, [mu0, 1/sigma0],
-    [prev]; outputs: y (this token) and the shift part kept for the next token. The statistics
-    come as reciprocals so that the host multiplies per element instead of dividing."""
-    p, a = node["params"], node["attrs"]
-    out = int(a["out"])
-    it = iter(ins)
-    y_n = next(it) if a["has_counts"] else None
-    y_0 = next(it)
-    mu, inv_sigma = next(it), next(it)
-    if a["binary_x0"]:
-        mu0, inv_sigma0 = next(it), next(it)
-        x0_part = (y_0 - mu0 * p["w_gamma0"]) * inv_sigma0 + p["w_beta0"]
-    else:
-        x0_part = y_0
-    total = x0_part if y_n is None else x0_part + y_n
-    if a["scale"] != 1.0:
-        total = F32(a["scale"]) * total
-    cur = (total - mu * p["w_one"]) * inv_sigma
-    y = cur[:, :out] + p["w_beta"][:out]
-    if not a["has_shift"]:
-        return y.astype(F32), np.zeros((y.shape[0], 0), F32)
-    prev = next(it)
-    return (y + prev).astype(F32), (cur[:, out:] + p["w_beta"][out:]).astype(F32)
 
 
 def fold_layernorm(ir: IR) -> IR:

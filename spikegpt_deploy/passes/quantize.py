@@ -11,23 +11,26 @@ What is quantized (only nodes placed on the chip):
   per-layer scale from calibration; weights are quantized for the LIF's input units and the
   Dense output is the LIF's integer current, bit for bit as Lava's Dense computes it.
 
-``QUANT_OPS`` is the interpreter op table of that emulation; ``emulate`` runs it. The fixed-point
+``QUANT_OPS`` is the interpreter op table of that emulation, derived from the op definitions'
+fixed-point forms (``spikegpt_deploy.ops``); ``emulator`` runs it. The fixed-point
 Lava simulation has to match it spike for spike.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from .. import fixed_point as fp
+from .. import ops
 from ..errors import ConversionError
-from ..interpreter import FLOAT_OPS, Executor, OpFn
+from ..interpreter import Executor, OpFn
 from ..ir import HOST, IR
+from ..ops.linear import (EXACT_FLOAT32, EXACT_FLOAT64, IntegerWeights,  # noqa: F401
+                          graded_input, integer_matmul, readout_scale)
 from .rounding import quantize_channels
 
 F32 = np.float32
@@ -80,12 +83,6 @@ def _scale_bits_for(peak: float) -> int:
     """Largest input_scale_bits b (0..15) with peak * margin < 2**(15 - b)."""
     need = max(peak * LIF_INPUT_MARGIN, 1e-9)
     return int(max(0, min(15, math.floor(15 - math.log2(need)) - 1)))
-
-
-def graded_input(x: np.ndarray, input_step: float, graded_bits: int) -> np.ndarray:
-    """Host values x as the signed ``graded_bits`` graded spikes of a chip Linear (int32)."""
-    qmax = 2 ** (int(graded_bits) - 1) - 1
-    return np.clip(np.rint(x / input_step), -qmax, qmax).astype(np.int32)
 
 
 SCALES = ("channel", "layer")
@@ -215,103 +212,12 @@ def _quantize_graded_linear(ir: IR, n: str, peaks: dict, weight_bits: int) -> di
 
 
 # ---- the quantized emulation --------------------------------------------------------------
-EXACT_FLOAT64 = 2.0 ** 53  # every integer of smaller magnitude is a float64, and so are the sums
-
-
-EXACT_FLOAT32 = 2.0 ** 24
-
-
-class IntegerWeights:
-    """Float copies (transposed) and largest |row| sums of integer weight matrices, made once
-    per matrix: what ``integer_matmul`` needs on every token."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
-
-    def get(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        hit = self._by_id.get(id(w))
-        if hit is None or hit[0] is not w:  # the array itself is kept, so its id stays unique
-            wt = np.ascontiguousarray(np.asarray(w, dtype=np.float64).T)
-            row_sum = float(np.max(np.abs(wt).sum(axis=0))) if wt.size else 0.0
-            hit = (w, wt.astype(np.float32), wt, row_sum)
-            self._by_id[id(w)] = hit
-        return hit[1], hit[2], hit[3]
-
-
-def integer_matmul(x: np.ndarray, w: np.ndarray, cache: IntegerWeights | None = None
-                   ) -> np.ndarray:
-    """x (B, in) @ w.T (w: out, in) for integer-valued x and w, exactly, as an int64 array.
-
-    With every |partial sum| bounded by |x|max times the largest row sum of |w|, the product runs
-    as a float32 BLAS product when that bound is below 2**24 and as a float64 one below 2**53:
-    every product and partial sum is then an exactly representable integer, whatever the order
-    of summation, so the result equals the int64 product (which is used beyond that; numpy's
-    integer matmul has no BLAS and is 10-40x slower).
-    """
-    w32, w64, row_sum = (cache or IntegerWeights()).get(w)
-    x = np.asarray(x)
-    bound = (float(np.max(np.abs(x))) if x.size else 0.0) * row_sum
-    if bound < EXACT_FLOAT32:
-        return (x.astype(np.float32) @ w32).astype(np.int64)
-    if bound < EXACT_FLOAT64:
-        return (x.astype(np.float64) @ w64).astype(np.int64)
-    return x.astype(np.int64) @ np.asarray(w).astype(np.int64).T
-
-
-def readout_scale(n: dict) -> float | np.ndarray:
-    """What the host multiplies a chip linear's integer sum by: one float for the layer, or one
-    per output channel (``params['weight_scale']``, shape (out,)) when the quantizer gave each
-    output channel its own scale."""
-    if "weight_scale" in n["params"]:
-        return np.asarray(n["params"]["weight_scale"], dtype=np.float64)
-    return float(n["attrs"]["weight_scale"])
-
-
-def _q_spike_linear(n: dict, ins: list[np.ndarray], cache: IntegerWeights | None = None
-                    ) -> tuple[np.ndarray]:
-    if "weight_q" not in n["params"]:
-        return FLOAT_OPS["SpikeLinear"](n, ins)  # type: ignore[return-value]
-    acc = integer_matmul(np.rint(ins[0]), n["params"]["weight_q"], cache)
-    return (acc * readout_scale(n)).astype(F32),
-
-
-def _q_linear(n: dict, ins: list[np.ndarray], cache: IntegerWeights | None = None
-              ) -> tuple[np.ndarray]:
-    a = n["attrs"]
-    if "weight_q" not in n["params"]:
-        return FLOAT_OPS["Linear"](n, ins)  # type: ignore[return-value]
-    xq = graded_input(ins[0], a["input_step"], a["graded_bits"])
-    if a["output"] == "host_readout":
-        acc = integer_matmul(xq, n["params"]["weight_q"], cache)
-        return (acc * (readout_scale(n) * a["input_step"])).astype(F32),
-    w_eff = fp.dense_effective_weights(n["params"]["weight_lava"], int(a["weight_bits"]))
-    out = np.stack([fp.dense_fixed_step(w_eff, a["weight_exp_lava"], row) for row in xq])
-    return out.astype(F32),  # integer a_in for the LIF, held exactly in float32
-
-
-def _q_lif(n: dict, ins: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    a = n["attrs"]
-    if "input_scale_bits" not in a:
-        return FLOAT_OPS["LIF"](n, ins)  # type: ignore[return-value]
-    x, v = ins
-    if a["input"] == "host_current":
-        a_in = fp.quantize_current(x, 2.0 ** a["input_scale_bits"], overflow="saturate")
-    else:
-        a_in = np.rint(x).astype(np.int32)
-    params = fp.FixedLifParams(du=a["du_fixed"], dv=a["dv_fixed"], vth=a["vth_fixed"])
-    spikes, _, v_new = fp.lif_fixed_step(a_in, np.zeros_like(a_in), np.rint(v).astype(np.int32),
-                                         params)
-    return spikes.astype(F32), v_new.astype(F32)
-
-
-QUANT_OPS: dict[str, OpFn] = {**FLOAT_OPS, "SpikeLinear": _q_spike_linear, "Linear": _q_linear,
-                              "LIF": _q_lif}
+# op -> the function the emulation runs: the op's fixed-point form (``spikegpt_deploy.ops``,
+# e.g. ``ops.linear.fixed_spike_linear``, ``ops.lif.fixed_lif``), else its float function.
+QUANT_OPS: Mapping[str, OpFn] = ops.FIXED
 
 
 def emulator(ir: IR) -> Executor:
     """The quantized emulation of a quantized IR (LIF membranes in Lava's integer v units); its
     integer weights are prepared for BLAS once, on first use."""
-    cache = IntegerWeights()
-    return Executor(ir, {**QUANT_OPS,
-                         "SpikeLinear": functools.partial(_q_spike_linear, cache=cache),
-                         "Linear": functools.partial(_q_linear, cache=cache)})
+    return Executor(ir, ops.fixed_ops(cache=IntegerWeights()))
