@@ -141,7 +141,8 @@ def recurrent_groups(ir: IR) -> list[list[str]]:
 
 def _shift_only(ir: IR, group: list[str]) -> bool:
     """A FoldCorrection whose only cycle is its token-shift slot (StateIn as its last input,
-    StateOut of its output 1): the shape ``fold_layernorm`` builds (see ``ops.norm.fold_correction``)."""
+    StateOut of its output 1): the shape ``fold_layernorm`` builds (see
+    ``ops.norm.fold_correction``)."""
     ops = sorted(ir.node(n)["op"] for n in group)
     if ops != ["FoldCorrection", "StateIn", "StateOut"]:
         return False

@@ -4,7 +4,7 @@ One IR describes one RNN step of SpikeGPT: token id and state in, logits and sta
 per sample (the batch axis is implicit and leading at run time).
 
 Node attributes:
-    op       op type (see OPS and ``spikegpt_deploy.ops``), named after the source (LIF, Linear, WKV, LayerNorm, ...)
+    op       op type (see ``spikegpt_deploy.ops``), named after the source (LIF, Linear, WKV, ...)
     module   the source module path in the PyTorch model, e.g. ``blocks.0.att.key``
     params   dict name -> numpy array (weights; never mutated in place: passes copy)
     attrs    dict of plain values (eps, factor, state name, ...)

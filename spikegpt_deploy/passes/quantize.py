@@ -29,8 +29,9 @@ from .. import ops
 from ..errors import ConversionError
 from ..interpreter import Executor, OpFn
 from ..ir import HOST, IR
-from ..ops.linear import (EXACT_FLOAT32, EXACT_FLOAT64, IntegerWeights,  # noqa: F401
-                          graded_input, integer_matmul, readout_scale)
+# the emulation's integer arithmetic lives with the linears' fixed-point forms; kept importable here
+from ..ops.linear import (IntegerWeights, graded_input, integer_matmul,  # noqa: F401
+                          readout_scale)
 from .rounding import quantize_channels
 
 F32 = np.float32
