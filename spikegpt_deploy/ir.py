@@ -182,9 +182,10 @@ class IR:
 def infer_value_classes(ir: IR) -> IR:
     """Annotate every edge with its value class, shape and dtype (returns a new IR).
 
-    binary: Heaviside and LIF spike outputs; integer: sums of binary/integer values (and
-    SpikeSum); index: token ids; float: everything else. A Linear fed by a binary or integer
-    edge is spike-driven; spec 2.9 notes that before the LayerNorm fold none is.
+    Each op's ``classes`` facet (``spikegpt_deploy.ops``) gives them: binary: Heaviside and LIF
+    spike outputs; integer: sums of binary/integer values (and SpikeSum); index: token ids;
+    float: everything else. A Linear fed by a binary or integer edge is spike-driven; spec 2.9
+    notes that before the LayerNorm fold none is.
     """
     out = ir.copy()
     classes: dict[tuple[str, int], str] = {}
@@ -192,20 +193,9 @@ def infer_value_classes(ir: IR) -> IR:
         data = out.node(n)
         op = data["op"]
         ins = [classes.get((p.node, p.port), "float") for p in out.inputs(n)]
-        if op == "Input":
-            res = ["index"]
-        elif op == "Heaviside":
-            res = ["binary"]
-        elif op == "LIF":
-            res = ["binary", "float"]
-        elif op == "SpikeSum":
-            res = ["integer"]
-        elif op == "Add" and all(c in ("binary", "integer") for c in ins):
-            res = ["integer"]
-        elif op == "StateIn":
-            res = [data["attrs"].get("value_class", "float")]
-        else:
-            res = ["float"] * data["n_out"]
+        classes_of = ops.op_def(op).classes
+        res = (classes_of(ins, data["attrs"]) if classes_of is not None
+               else ["float"] * data["n_out"])
         for port, cls in enumerate(res):
             classes[(n, port)] = cls
     for u, v, key, d in out.graph.edges(keys=True, data=True):

@@ -16,7 +16,7 @@ from hw_profiles import load_profile
 from spikegpt_deploy import interpreter, ir as ir_module, ops, partition
 from spikegpt_deploy.errors import ConversionError
 from spikegpt_deploy.interpreter import Executor
-from spikegpt_deploy.ir import HOST, IR, Port
+from spikegpt_deploy.ir import HOST, IR, Port, infer_value_classes
 from spikegpt_deploy.ops import ChipNeeds, NirForm, OpDef, Without
 from spikegpt_deploy.passes import quantize
 from spikegpt_deploy.profiling import op_costs
@@ -87,6 +87,24 @@ def test_each_derived_table_equals_the_registry() -> None:
     assert op_costs.op_cost("NoSuchOp", 4) is None
 
 
+def classes_of(ir: IR, node: str) -> list[str]:
+    """The value classes ``infer_value_classes`` gives the edges out of ``node``."""
+    typed = infer_value_classes(ir)
+    return [d["value_class"] for _, _, d in typed.graph.out_edges(node, data=True)]
+
+
+def test_value_classes_come_from_the_classes_facet() -> None:
+    ir = IR({"vocab_size": 5, "n_embd": 3})
+    tok = ir.add_node("tokens", "Input")
+    emb = ir.add_node("emb", "Embedding", [Port(tok)], params={"weight": np.ones((5, 3), F32)})
+    spikes = ir.add_node("spikes", "Heaviside", [Port(emb)])
+    total = ir.add_node("total", "Add", [Port(spikes), Port(spikes)])
+    mixed = ir.add_node("mixed", "Add", [Port(total), Port(emb)])
+    ir.add_node("out", "Output", [Port(mixed)], attrs={"name": "logits"})
+    assert [classes_of(ir, n) for n in ("tokens", "emb", "spikes", "total", "mixed")] == [
+        ["index"], ["float", "float"], ["binary", "binary"], ["integer"], ["float"]]
+
+
 def _halve(n: dict, ins: list[np.ndarray]) -> tuple[np.ndarray]:
     return (ins[0] * F32(n["attrs"]["factor"])).astype(F32),
 
@@ -131,6 +149,7 @@ def test_a_registered_op_appears_everywhere_then_is_gone(tmp_path: Path) -> None
         logits, _ = Executor(ir).run(tokens)
         expected = ir.node("emb")["params"]["weight"][tokens] * F32(0.5)
         np.testing.assert_array_equal(logits, expected)
+        assert classes_of(ir, "toy") == ["float"]   # no classes facet: a float output
         fixed, _ = quantize.emulator(ir).run(tokens)
         np.testing.assert_array_equal(fixed, np.rint(expected))
 

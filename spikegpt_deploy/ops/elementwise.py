@@ -64,9 +64,9 @@ def _spike_sum_nir(ir: Any, node_id: str, width: int, dt_s: float
 
 
 def _host(name: str, arity: int | None, doc: str, run: Any, cost: Any, onnx: Any,
-          why_host: str) -> None:
+          why_host: str, classes: Any = None) -> None:
     register(OpDef(name, arity, 1, doc, run=run, fixed=_FLOAT_ON_HOST, cost=cost,
-                   chip=Without(why_host), onnx=onnx, nir=_NO_NIR))
+                   chip=Without(why_host), onnx=onnx, nir=_NO_NIR, classes=classes))
 
 
 _host("Embedding", 1, "y = weight[token]",
@@ -79,7 +79,8 @@ _host("Embedding", 1, "y = weight[token]",
 _host("Heaviside", 1, "y = 1 if x >= 0 else 0 (binary)",
       lambda n, i: ((i[0] >= 0).astype(F32),),
       lambda n, shape, a: {"compare": n}, _heaviside_onnx,
-      "threshold of the looked-up embedding row (on the host, beside the lookup)")
+      "threshold of the looked-up embedding row (on the host, beside the lookup)",
+      classes=lambda ins, a: ["binary"])
 _host("TokenShiftMix", 2, "y = mix * a + (1 - mix) * prev",
       lambda n, i: ((i[0] * n["params"]["mix"] + i[1] * (F32(1) - n["params"]["mix"]))
                     .astype(F32),),
@@ -100,7 +101,10 @@ _host("Mul", 2, "y = a * b (elementwise)", lambda n, i: ((i[0] * i[1]).astype(F3
       "elementwise product of two graded float vectors (gating)")
 _host("Add", 2, "y = a + b (elementwise)", lambda n, i: ((i[0] + i[1]).astype(F32),),
       lambda n, shape, a: {"add": n}, _unary("Add"),
-      "adds spikes to the float residual stream, which the host needs for LayerNorm statistics")
+      "adds spikes to the float residual stream, which the host needs for LayerNorm statistics",
+      # a sum of spikes or spike counts is a spike count
+      classes=lambda ins, a: ["integer" if all(c in ("binary", "integer") for c in ins)
+                              else "float"])
 _host("Scale", 1, "y = factor * x (attrs: factor, a constant)",
       lambda n, i: ((i[0] * F32(n["attrs"]["factor"])).astype(F32),),
       lambda n, shape, a: {"mul": n},
@@ -116,4 +120,4 @@ register(OpDef(
     cost=_spike_sum_cost,
     chip=ChipNeeds("Accumulate", "integer accumulation of spikes of the residual stream"),
     onnx=_spike_sum_onnx,
-    nir=NirForm("Scale", _spike_sum_nir)))
+    nir=NirForm("Scale", _spike_sum_nir), classes=lambda ins, a: ["integer"]))

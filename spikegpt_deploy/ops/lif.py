@@ -88,4 +88,4 @@ register(OpDef(
     # h = v + (x - v)/tau; s = h >= th; v' = h (1 - s)   (1/tau counts as precomputed)
     cost=lambda n, shape, a: {"add": 3 * n, "mul": 2 * n, "compare": n},
     chip=ChipNeeds("LIF", "LIF neurons map to the chip's LIF (spec 6.1)"),
-    onnx=_lif_onnx, nir=NirForm("LIF", _lif_nir)))
+    onnx=_lif_onnx, nir=NirForm("LIF", _lif_nir), classes=lambda ins, a: ["binary", "float"]))

@@ -80,6 +80,9 @@ class OpDef:
     name, inputs (None: variadic), outputs, doc: the op's meaning.
     plumbing: a graph interface or state node that the executors and converters move values
         through themselves (Input, Output, StateIn, StateOut).
+    classes: the value classes of the outputs ('index' | 'binary' | 'integer' | 'float'),
+        from the input classes and the node attrs (``ir.infer_value_classes``); None: every
+        output is a float.
     run: the float32 numpy function (``interpreter.Executor``).
     fixed: the fixed-point form of a chip op (``passes.quantize.emulator``), called as
         ``fixed(node, inputs, cache=IntegerWeights | None)``; where it is ``Without`` the
@@ -101,10 +104,11 @@ class OpDef:
     onnx: OnnxFn | Without
     nir: NirForm | Without
     plumbing: bool = False
+    classes: Callable[[list[str], Mapping[str, Any]], list[str]] | None = None
 
 
 FACETS = tuple(f.name for f in fields(OpDef) if f.name not in ("name", "inputs", "outputs",
-                                                                 "doc", "plumbing"))
+                                                                 "doc", "plumbing", "classes"))
 _REGISTRY: dict[str, OpDef] = {}
 
 
