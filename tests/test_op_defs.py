@@ -4,6 +4,7 @@ interpreter, the quantized emulation and the host ONNX graph), then is gone when
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,22 @@ def test_a_definition_without_a_facet_is_refused() -> None:
     with pytest.raises(ValueError, match="defined twice"):
         ops.register(ops.op_def("LIF"))
     assert "Broken" not in ir_module.OPS
+
+
+def test_the_op_definitions_import_nothing_above_them() -> None:
+    """ops/ is the bottom layer: numpy, the standard library, errors and fixed_point only."""
+    allowed_project = {"errors", "fixed_point"}
+    for path in sorted((Path(ops.__file__).parent).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                continue                                 # within ops/
+            if isinstance(node, ast.ImportFrom) and node.level == 2:
+                assert node.module in allowed_project or (
+                    node.module is None and {a.name for a in node.names} <= allowed_project), \
+                    (path.name, node.module)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) \
+                    else [node.module or ""]
+                for name in names:
+                    assert name.split(".")[0] not in ("spikegpt_deploy", "converters", "onnx",
+                                                      "nir", "torch", "lava"), (path.name, name)
