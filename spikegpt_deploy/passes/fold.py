@@ -12,8 +12,8 @@ spikes of all earlier LIF populations in this token (c_j are powers of two when 
 rescaling is on). A x_t = scale (A x0_t + A n_t): A n_t is pure accumulation over spikes (chip).
 With the Heaviside embedding, x0 = LN0(b) for binary b, so A x0 = (A diag(gamma0) b -
 mu0 A gamma0) / sigma0 + A beta0 is spike-driven too. What is left for the host is per-token
-statistics (mu, sigma, mu0, sigma0) and a few vector operations: the FoldCorrection node. (its
-numpy function, cost and ONNX form are ``spikegpt_deploy.ops.norm.fold_correction``).
+statistics (mu, sigma, mu0, sigma0) and a few vector operations: the FoldCorrection node, defined
+with its numpy function, cost and ONNX form in ``spikegpt_deploy/ops/norm.py``.
 
 The head (W_head LN_out(x)) is the same rewrite with m = 1 and no token shift.
 """
