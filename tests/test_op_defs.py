@@ -86,6 +86,8 @@ def test_each_derived_table_equals_the_registry() -> None:
     assert set(op_costs.PLUMBING) == {"Input", "Output", "StateIn", "StateOut"}
     assert op_costs.op_cost("Linear", 4, (3, 4)) == ops.op_def("Linear").cost(4, (3, 4), {})
     assert op_costs.op_cost("NoSuchOp", 4) is None
+    with pytest.raises(TypeError, match="register an OpDef"):
+        interpreter.FLOAT_OPS["Softmax"] = _halve  # type: ignore[index]
 
 
 def classes_of(ir: IR, node: str) -> list[str]:

@@ -2,8 +2,9 @@
 
 Each op is defined once, in the module of its family, with every facet: meaning, float numpy
 function, fixed-point form, host cost, chip needs, ONNX and NIR translation (``registry.py``
-says what each facet is). The views below are the tables the rest of the code uses; they read
-the registry on every access, so an op registered once is in all of them.
+says what each facet is). The views below are the tables the rest of the code uses; they
+are refreshed whenever an op is registered or removed, so an op registered once is in all of
+them; they are read-only (a write raises TypeError).
 
     plumbing.py     Input, Output, StateIn, StateOut
     elementwise.py  Embedding, Heaviside, TokenShiftMix, Sigmoid, ReLU, Square, Mul, Add,

@@ -1,7 +1,7 @@
 """The op registry: one ``OpDef`` per IR op, holding every facet of the op in one place.
 
 A facet is one thing the toolchain needs to know about an op: its meaning (arity, outputs,
-one-line semantics), its float numpy function (the reference executor), its fixed-point form
+one-line semantics, value classes of the outputs), its float numpy function (the reference executor), its fixed-point form
 (the quantized emulation the Lava simulation must match), its host cost formula (profiling),
 what the chip needs to run it (partitioning), its ONNX translation (the host partition) and its
 NIR translation (the chip partition). The tables the rest of the code reads (``ir.OPS``,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Dict, Iterator, Mapping, TypeVar
 
 import numpy as np
 
@@ -110,6 +110,7 @@ class OpDef:
 FACETS = tuple(f.name for f in fields(OpDef) if f.name not in ("name", "inputs", "outputs",
                                                                  "doc", "plumbing", "classes"))
 _REGISTRY: dict[str, OpDef] = {}
+_VIEWS: list["FacetView[Any]"] = []  # every derived table, refreshed when the registry changes
 
 
 def register(op: OpDef) -> OpDef:
@@ -121,11 +122,18 @@ def register(op: OpDef) -> OpDef:
         raise ValueError(f"op '{op.name}': facet(s) {missing} are None; give a form or "
                          f"Without(reason)")
     _REGISTRY[op.name] = op
+    _refresh_views()
     return op
 
 
 def unregister(name: str) -> None:
     _REGISTRY.pop(name)
+    _refresh_views()
+
+
+def _refresh_views() -> None:
+    for view in _VIEWS:
+        view._refresh()
 
 
 @contextlib.contextmanager
@@ -151,27 +159,30 @@ def definitions() -> tuple[OpDef, ...]:
 T = TypeVar("T")
 
 
-class FacetView(Mapping[str, T], Generic[T]):
-    """A live read-only table derived from the registry: op name -> select(definition), for
-    the ops where select gives something other than None. It reads the registry on every
-    access, so an op registered later is in it; a lookup by name costs one select call."""
+class FacetView(Dict[str, T]):
+    """A read-only table derived from the registry: op name -> select(definition), for the ops
+    where select gives something other than None. ``register`` / ``unregister`` refresh every
+    view, so an op registered later is in all of them; a lookup is a plain dict lookup (the
+    executors look ops up per node and token)."""
 
     def __init__(self, select: Callable[[OpDef], T | None], what: str):
+        super().__init__()
         self._select = select
         self.what = what
+        _VIEWS.append(self)
+        self._refresh()
 
-    def __getitem__(self, name: str) -> T:
-        op = _REGISTRY.get(name)
-        value = None if op is None else self._select(op)
-        if value is None:
-            raise KeyError(name)
-        return value
+    def _refresh(self) -> None:
+        table = {n: self._select(op) for n, op in _REGISTRY.items()}
+        dict.clear(self)
+        dict.update(self, {n: v for n, v in table.items() if v is not None})
 
-    def __iter__(self) -> Iterator[str]:
-        return iter([n for n, op in _REGISTRY.items() if self._select(op) is not None])
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"the {self.what} table is derived from the op definitions "
+                        f"(spikegpt_deploy.ops); register an OpDef instead of editing it")
 
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+    __setitem__ = __delitem__ = __ior__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"FacetView({self.what}: {', '.join(self)})"
