@@ -1,13 +1,15 @@
 """The op registry: one ``OpDef`` per IR op, holding every facet of the op in one place.
 
 A facet is one thing the toolchain needs to know about an op: its meaning (arity, outputs,
-one-line semantics, value classes of the outputs), its float numpy function (the reference executor), its fixed-point form
-(the quantized emulation the Lava simulation must match), its host cost formula (profiling),
-what the chip needs to run it (partitioning), its ONNX translation (the host partition) and its
-NIR translation (the chip partition). The tables the rest of the code reads (``ir.OPS``,
-``interpreter.FLOAT_OPS``, ``quantize.QUANT_OPS``, ``partition.CAPABILITY_OF`` / ``HOST_REASONS``,
-``nir_export.CHIP_OPS``, ``host_onnx.TRANSLATIONS``, ``op_costs.op_cost``) are live views of this
-registry (``FacetView``), so an op registered here shows up in all of them.
+one-line semantics, value classes of the outputs), its float numpy function (the reference
+executor), its fixed-point form (the quantized emulation the Lava simulation must match), its
+host cost formula (profiling), what the chip needs to run it (partitioning), its ONNX
+translation (the host partition) and its NIR translation (the chip partition). The tables the
+rest of the code reads (``ir.OPS``, ``interpreter.FLOAT_OPS``, ``quantize.QUANT_OPS``,
+``partition.CAPABILITY_OF`` / ``HOST_REASONS``, ``nir_export.CHIP_OPS``,
+``host_onnx.TRANSLATIONS``, ``op_costs.op_cost``, ``ir.infer_value_classes``) are views of this
+registry (``FacetView``), refreshed on every change, so an op registered here shows up in all
+of them.
 
 A facet that does not apply is never left empty: it is ``Without(reason)``, which says why (a
 host op has no chip form, a plumbing op no numpy function, NIR has no division, ...).
