@@ -26,7 +26,7 @@ from .interpreter import Executor, SequenceResult
 from .ir import IR
 from .partition import POLICIES, partition
 from .passes.fold import fold_layernorm
-from .passes.quantize import emulator, quantize
+from .passes.quantize import emulator, quantize, spike_linear_inputs, stats_of_run
 from .resources import map_resources
 
 log = logging.getLogger(__name__)
@@ -151,10 +151,16 @@ def step_quantize(ctx: ConvertContext) -> None:
     opts = ctx.options
     ids = _calibration_text_ids(ctx)
     ctx.calibration_ids = ids[None, :-1]
-    # One float run gives the calibration's peaks and, for the check, the float IR's logits and
-    # spikes: quantize only annotates chip nodes, so the float program it leaves is this one.
-    ctx.float_run = Executor(_ir(ctx)).run_sequence(ctx.calibration_ids, peaks=True)
     x, y = _calibration_windows(ctx, ids)
+    same = x.shape == ctx.calibration_ids.shape  # one sequence: the run below calibrates
+    gram_of = spike_linear_inputs(_ir(ctx)) if same and opts.rounding == "gptq" else ()
+    # One float run gives the calibration's peaks and grams and, for the check, the float IR's
+    # logits and spikes: quantize only annotates chip nodes, so the float program it leaves is
+    # this one.
+    ctx.float_run = Executor(_ir(ctx)).run_sequence(ctx.calibration_ids, peaks=True,
+                                                    keep=gram_of)
+    stats = stats_of_run(ctx.float_run, gram_of) if same else None
+    ctx.float_run.values.clear()
     if opts.quality_budget is not None:
         from .passes.bit_budget import plan_bits
         from .resources import Capacity
@@ -162,9 +168,8 @@ def step_quantize(ctx: ConvertContext) -> None:
         ctx.ir, ctx.bit_plan = plan_bits(_ir(ctx), x, y, opts.quality_budget,
                                          Capacity.of(ctx.profile), opts.rounding)
     else:
-        same = x.shape == ctx.calibration_ids.shape  # one sequence: the peaks are the float run's
         ctx.ir = quantize(_ir(ctx), x, opts.weight_bits, scales=opts.scales,
-                          rounding=opts.rounding, peaks=ctx.float_run.peaks if same else None)
+                          rounding=opts.rounding, stats=stats)
 
 
 def step_resources(ctx: ConvertContext) -> None:
@@ -192,7 +197,7 @@ def step_check(ctx: ConvertContext) -> None:
         f_spikes = {k: v[:, :n] for k, v in ctx.float_run.spikes.items()}
     else:
         f_logits, f_spikes = Executor(ir).run(tokens)
-    q = emulator(ir).run_sequence(tokens)
+    q = emulator(ir, keep_weights=False).run_sequence(tokens)
     q_logits, q_spikes = q.logits, q.spikes
     ctx.equivalence = {
         "tokens": n,

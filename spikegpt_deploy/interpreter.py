@@ -103,20 +103,23 @@ class Executor:
         return np.stack(logits, 1), {k: np.stack(v, 1) for k, v in spikes.items()}
 
     def run_sequence(self, tokens: Array, spikes_of: tuple[str, ...] = ("LIF", "Heaviside"),
-                     peaks: bool = False) -> "SequenceResult":
+                     peaks: bool = False, keep: tuple[tuple[str, int], ...] = ()
+                     ) -> "SequenceResult":
         """Like ``run``, each op once over all tokens where it can be (see ``run_sequence``)."""
-        return run_sequence(self, tokens, spikes_of, peaks)
+        return run_sequence(self, tokens, spikes_of, peaks, keep)
 
 
 @dataclass
 class SequenceResult:
     """``Executor.run_sequence``: logits (B, T, V), spikes (B, T, C) per population, the state
-    after the last token, and (when asked) max |value| of every float value over all tokens."""
+    after the last token, (when asked) max |value| of every float value over all tokens, and the
+    values of the ports asked for in ``keep``, (T * B, C) with row t * B + b."""
 
     logits: Array
     spikes: dict[str, Array]
     state: dict[str, Array]
     peaks: dict[tuple[str, int], float] = field(default_factory=dict)
+    values: dict[tuple[str, int], Array] = field(default_factory=dict)
 
 
 def recurrent_groups(ir: IR) -> list[list[str]]:
@@ -156,7 +159,8 @@ def _shift_only(ir: IR, group: list[str]) -> bool:
 
 
 def run_sequence(ex: "Executor", tokens: Array, spikes_of: tuple[str, ...] = ("LIF", "Heaviside"),
-                 peaks: bool = False) -> SequenceResult:
+                 peaks: bool = False, keep: tuple[tuple[str, int], ...] = ()
+                 ) -> SequenceResult:
     """Run ``ex``'s IR over tokens (B, T) from the zero state, each op once over all tokens.
 
     The same op table and the same values as ``Executor.run``, token by token only where a state
@@ -172,7 +176,9 @@ def run_sequence(ex: "Executor", tokens: Array, spikes_of: tuple[str, ...] = ("L
         raise DataError(f"token ids must be in [0, {vocab}), got {tokens.min()}..{tokens.max()}")
     init = ex.init_state(B)
     writer = {ir.node(n)["attrs"]["state"]: ex._inputs[n][0] for n in ir.nodes_of("StateOut")}
+    kept = {(str(n), int(p)) for n, p in keep}
     keep = {(n, 0) for n in ex.order if ir.node(n)["op"] in spikes_of}
+    keep_all = keep | kept
     left: dict[tuple[str, int], int] = {}
     for n in ex.order:
         for p in ex._inputs[n]:
@@ -187,7 +193,7 @@ def run_sequence(ex: "Executor", tokens: Array, spikes_of: tuple[str, ...] = ("L
 
     def release(key: tuple[str, int]) -> None:
         left[key] -= 1
-        if left[key] == 0 and key not in keep:
+        if left[key] == 0 and key not in keep_all:
             values.pop(key, None)
 
     def state_in(n: str, seq: Mapping[tuple[str, int], Array], t: int | None) -> Array:
@@ -259,7 +265,7 @@ def run_sequence(ex: "Executor", tokens: Array, spikes_of: tuple[str, ...] = ("L
                 value = values.get((n, port))
                 if peaks and value is not None and value.dtype.kind == "f" and value.size:
                     found[(n, port)] = float(np.max(np.abs(value)))
-                if (n, port) not in left and (n, port) not in keep:
+                if (n, port) not in left and (n, port) not in keep_all:
                     values.pop((n, port), None)
             for p in ex._inputs[n]:
                 release((p.node, p.port))
@@ -272,7 +278,8 @@ def run_sequence(ex: "Executor", tokens: Array, spikes_of: tuple[str, ...] = ("L
 
     spikes = {ir.node(n)["module"]: batch_first(values[(n, 0)]) for n in ex.order
               if (n, 0) in keep}
-    return SequenceResult(batch_first(outputs["logits"]), spikes, state, found)
+    return SequenceResult(batch_first(outputs["logits"]), spikes, state, found,
+                          {k: values[k] for k in kept})
 
 
 def annotate_shapes(ir: IR) -> IR:

@@ -138,9 +138,12 @@ class IR:
         """Drop nodes that reach no Output / StateOut, and state slots that nothing reads."""
         while True:
             roots = [n for n in self.graph if self.node(n)["op"] in ("Output", "StateOut")]
-            live = set(roots)
-            for r in roots:
-                live |= nx.ancestors(self.graph, r)
+            live, todo = set(roots), list(roots)
+            while todo:  # one walk up from all roots (not one per root)
+                for p in self.graph.predecessors(todo.pop()):
+                    if p not in live:
+                        live.add(p)
+                        todo.append(p)
             dead = [n for n in self.graph if n not in live]
             for n in list(self.nodes_of("StateIn")):
                 slot = self.node(n)["attrs"]["state"]

@@ -36,20 +36,26 @@ def graded_input(x: np.ndarray, input_step: float, graded_bits: int) -> np.ndarr
 
 
 class IntegerWeights:
-    """Float copies (transposed) and largest |row| sums of integer weight matrices, made once
-    per matrix: what ``integer_matmul`` needs on every token."""
+    """Float32 copies (transposed) and largest |row| sums of integer weight matrices, made once
+    per matrix: what ``integer_matmul`` needs on every token. ``keep=False``: nothing is kept
+    (a run over a whole sequence uses each matrix once, so a copy of every matrix would only
+    add to the peak memory)."""
 
-    def __init__(self) -> None:
-        self._by_id: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
+        self._by_id: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
 
-    def get(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    def get(self, w: np.ndarray) -> tuple[np.ndarray, float]:
         hit = self._by_id.get(id(w))
         if hit is None or hit[0] is not w:  # the array itself is kept, so its id stays unique
-            wt = np.ascontiguousarray(np.asarray(w, dtype=np.float64).T)
-            row_sum = float(np.max(np.abs(wt).sum(axis=0))) if wt.size else 0.0
-            hit = (w, wt.astype(np.float32), wt, row_sum)
-            self._by_id[id(w)] = hit
-        return hit[1], hit[2], hit[3]
+            w = np.asarray(w)
+            step = max(1, (1 << 20) // max(1, w.shape[-1]))  # row blocks: no int64 copy of w
+            row_sum = max((float(np.abs(w[i:i + step].astype(np.int64)).sum(axis=1).max())
+                           for i in range(0, len(w), step)), default=0.0) if w.size else 0.0
+            hit = (w, np.ascontiguousarray(w.T, dtype=np.float32), row_sum)
+            if self.keep:
+                self._by_id[id(w)] = hit
+        return hit[1], hit[2]
 
 
 def integer_matmul(x: np.ndarray, w: np.ndarray, cache: IntegerWeights | None = None
@@ -60,16 +66,24 @@ def integer_matmul(x: np.ndarray, w: np.ndarray, cache: IntegerWeights | None = 
     as a float32 BLAS product when that bound is below 2**24 and as a float64 one below 2**53:
     every product and partial sum is then an exactly representable integer, whatever the order
     of summation, so the result equals the int64 product (which is used beyond that; numpy's
-    integer matmul has no BLAS and is 10-40x slower).
+    integer matmul has no BLAS and is 10-40x slower). Inputs that are zero in every row (spikes
+    are sparse) add exact zeros, so they are left out of the product.
     """
-    w32, w64, row_sum = (cache or IntegerWeights()).get(w)
     x = np.asarray(x)
-    bound = (float(np.max(np.abs(x))) if x.size else 0.0) * row_sum
+    w_in = np.asarray(w)
+    if not x.size or not np.any(x):
+        return np.zeros((x.shape[0], w_in.shape[0]), np.int64)
+    w32t, row_sum = (cache or IntegerWeights(keep=False)).get(w_in)
+    bound = float(np.max(np.abs(x))) * row_sum
+    used = np.flatnonzero(np.any(x != 0, axis=0))
+    sparse = used.size < 0.5 * x.shape[1]
+    xs, wt = (x[:, used], w32t[used]) if sparse else (x, w32t)
     if bound < EXACT_FLOAT32:
-        return (x.astype(np.float32) @ w32).astype(np.int64)
-    if bound < EXACT_FLOAT64:
-        return (x.astype(np.float64) @ w64).astype(np.int64)
-    return x.astype(np.int64) @ np.asarray(w).astype(np.int64).T
+        return (xs.astype(np.float32) @ wt).astype(np.int64)
+    if bound < EXACT_FLOAT64:  # from w itself: its float32 copy is exact only below 2**24
+        ws = w_in[:, used] if sparse else w_in
+        return (xs.astype(np.float64) @ ws.T.astype(np.float64)).astype(np.int64)
+    return x.astype(np.int64) @ w_in.astype(np.int64).T
 
 
 def readout_scale(n: dict) -> float | np.ndarray:

@@ -27,12 +27,12 @@ import numpy as np
 from .. import fixed_point as fp
 from .. import ops
 from ..errors import ConversionError
-from ..interpreter import Executor, OpFn
+from ..interpreter import Executor, OpFn, SequenceResult
 from ..ir import HOST, IR
 # the emulation's integer arithmetic lives with the linears' fixed-point forms; kept importable here
 from ..ops.linear import (IntegerWeights, graded_input, integer_matmul,  # noqa: F401
                           readout_scale)
-from .rounding import quantize_channels
+from .rounding import GptqFactor, gptq_factor, quantize_channels
 
 F32 = np.float32
 LIF_INPUT_MARGIN = 2.0  # calibrated max |current| x margin must fit the 16-bit a_in
@@ -64,20 +64,18 @@ def spike_linear_inputs(ir: IR) -> tuple[tuple[str, int], ...]:
 def calibration_stats(ir: IR, tokens: np.ndarray, grams: bool = True) -> CalibrationStats:
     """One float run over the calibration tokens (B, T): peaks and, if asked, the grams."""
     gram_of = spike_linear_inputs(ir) if grams else ()
-    if not gram_of:
-        return CalibrationStats(calibrate(ir, tokens), {})
-    peak: dict[tuple[str, int], float] = {}
-    acc: dict[tuple[str, int], np.ndarray] = {}
-    samples = 0
-    for res in Executor(ir).steps(tokens):
-        for key, value in res.values.items():
-            if value.dtype.kind == "f" and value.size:
-                peak[key] = max(peak.get(key, 0.0), float(np.max(np.abs(value))))
-        for key in gram_of:
-            x = res.values[key].astype(np.float64)
-            acc[key] = acc.get(key, 0.0) + x.T @ x
-        samples += int(np.asarray(tokens).shape[0])
-    return CalibrationStats(peak, {k: g / max(samples, 1) for k, g in acc.items()})
+    return stats_of_run(Executor(ir).run_sequence(tokens, peaks=True, keep=gram_of), gram_of)
+
+
+def stats_of_run(run: SequenceResult, gram_of: tuple[tuple[str, int], ...]) -> CalibrationStats:
+    """``CalibrationStats`` of a float ``run_sequence`` made with ``peaks=True`` and the ports
+    ``gram_of`` kept: X^T X / samples over its T x B rows. The inputs are spike counts, so the
+    float64 products and sums are exact integers: the same grams in any order of summation."""
+    grams = {}
+    for key in gram_of:
+        x = run.values[key].astype(np.float64)
+        grams[key] = (x.T @ x) / max(x.shape[0], 1)
+    return CalibrationStats(run.peaks, grams)
 
 
 def _scale_bits_for(peak: float) -> int:
@@ -124,6 +122,7 @@ def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
         stats = calibration_stats(out, calibration_tokens, grams=rounding == "gptq")
     peaks, grams = stats.peaks, stats.grams
     report: dict[str, dict[str, Any]] = {}
+    factors: dict[tuple[str, int], GptqFactor] = {}  # one per input port, shared by its readers
     for n in out.topological():
         d = out.node(n)
         if d.get("placement", HOST) == HOST:
@@ -143,9 +142,12 @@ def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
                          "current_step": 2.0 ** -sbits}
         elif d["op"] == "SpikeLinear" and scales == "channel":
             src = out.inputs(n)[0]
-            q = quantize_channels(d["params"]["weight"], bits, grams.get((src.node, src.port)),
-                                  rounding)
-            d["params"]["weight_q"] = q.mantissa.astype(np.int8)  # the chip's width
+            gram = grams.get((src.node, src.port))
+            if rounding == "gptq" and gram is not None and (src.node, src.port) not in factors:
+                factors[(src.node, src.port)] = gptq_factor(gram)
+            q = quantize_channels(d["params"]["weight"], bits, gram, rounding,
+                                  factors.get((src.node, src.port)))
+            d["params"]["weight_q"] = q.mantissa.astype(np.int8, copy=False)  # the chip's width
             d["params"]["weight_scale"] = q.scale
             d["attrs"] = {k: v for k, v in d["attrs"].items()
                           if k not in ("weight_exp", "weight_scale")}
@@ -218,7 +220,8 @@ def _quantize_graded_linear(ir: IR, n: str, peaks: dict, weight_bits: int) -> di
 QUANT_OPS: Mapping[str, OpFn] = ops.FIXED
 
 
-def emulator(ir: IR) -> Executor:
+def emulator(ir: IR, keep_weights: bool = True) -> Executor:
     """The quantized emulation of a quantized IR (LIF membranes in Lava's integer v units); its
-    integer weights are prepared for BLAS once, on first use."""
-    return Executor(ir, ops.fixed_ops(cache=IntegerWeights()))
+    integer weights are prepared for BLAS once, on first use (``keep_weights=False``: on every
+    use, for a single run over a whole sequence, where each matrix is read once)."""
+    return Executor(ir, ops.fixed_ops(cache=IntegerWeights(keep=keep_weights)))

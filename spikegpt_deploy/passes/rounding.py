@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg.blas import dger as _ger
 
 from ..errors import ConversionError
 
@@ -34,7 +35,7 @@ GPTQ_BLOCK = 128                          # columns updated lazily per block (th
 class ChannelQuantized:
     """W ~= mantissa * scale[:, None]; mantissas are signed ``bits``-bit integers."""
 
-    mantissa: np.ndarray   # (out, in) int32
+    mantissa: np.ndarray   # (out, in) int8 (int32 above 8 bits)
     scale: np.ndarray      # (out,) float64, W units per mantissa unit
     bits: int
     rounding: str          # 'nearest' | 'gptq'
@@ -53,85 +54,226 @@ def _qmax(bits: int) -> int:
     return 2 ** (int(bits) - 1) - 1
 
 
+_CHUNK_VALUES = 1 << 15     # weights per row chunk of the elementwise passes (256 KB)
+_GPTQ_CHUNK_ROWS = 16384    # rows per GPTQ chunk: bounds its float64 copy (100 MB at 768 inputs)
+GPTQ_SUB_BLOCK = 16         # columns rounded one at a time before a BLAS update of the block
+
+
 def channel_scales(W: np.ndarray, bits: int) -> np.ndarray:
-    """Per-row scale minimising the row's squared round-to-nearest error over CLIP_RATIOS."""
-    W = np.asarray(W, dtype=np.float64)
+    """Per-row scale minimising the row's squared round-to-nearest error over CLIP_RATIOS.
+
+    Rows are processed in chunks that stay in cache, with the chunk's buffers reused for every
+    ratio; the error is measured in units of the scale (float64), so each ratio costs a
+    multiply by one number, a rounding, a clip and a sum of squares."""
     qmax = _qmax(bits)
-    amax = np.max(np.abs(W), axis=1) if W.size else np.zeros(W.shape[0])
-    best = np.full(W.shape[0], np.inf)
-    scale = np.where(amax > 0, amax / qmax, 1.0)
-    for ratio in CLIP_RATIOS:
-        s = np.where(amax > 0, amax * ratio / qmax, 1.0)
-        err = np.sum((np.clip(np.rint(W / s[:, None]), -qmax, qmax) * s[:, None] - W) ** 2, 1)
-        better = err < best
-        best = np.where(better, err, best)
-        scale = np.where(better, s, scale)
+    rows = W.shape[0]
+    scale = np.ones(rows)
+    if not W.size:
+        return scale
+    step = max(1, _CHUNK_VALUES // max(1, W.shape[1]))
+    u = np.empty((min(step, rows), W.shape[1]))
+    v, t = np.empty_like(u), np.empty_like(u)
+    for i in range(0, rows, step):
+        n = min(step, rows - i)
+        uc, vc, tc = u[:n], v[:n], t[:n]
+        np.copyto(uc, W[i:i + n])
+        amax = np.max(np.abs(uc, out=tc), axis=1)
+        pos = amax > 0
+        sc = np.where(pos, amax / qmax, 1.0)
+        uc *= (1.0 / sc)[:, None]  # W / s at ratio 1; each ratio divides it by one number
+        best = np.full(n, np.inf)
+        for ratio in CLIP_RATIOS:
+            s = np.where(pos, amax * ratio / qmax, 1.0)
+            if ratio != 1.0:
+                np.multiply(uc, 1.0 / ratio, out=vc)
+            x = uc if ratio == 1.0 else vc
+            np.rint(x, out=tc)
+            if ratio < 1.0:  # at ratio 1, |W / s| <= qmax already
+                np.clip(tc, -qmax, qmax, out=tc)
+            tc -= x
+            err = np.einsum("ij,ij->i", tc, tc) * (s * s)  # |round(W/s) s - W|^2 per row
+            better = err < best
+            best = np.where(better, err, best)
+            sc = np.where(better, s, sc)
+        scale[i:i + n] = sc
     return scale
 
 
-def gptq_round(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray,
-               damp: float = GPTQ_DAMP, block: int = GPTQ_BLOCK) -> np.ndarray:
-    """Mantissas (out, in) for W with per-row ``scale``, rounded by GPTQ against ``gram`` = X^T X
-    (in, in) of the calibration inputs, any positive multiple of it (see the module docstring)."""
-    W = np.array(W, dtype=np.float64)
+@dataclass(frozen=True)
+class GptqFactor:
+    """What GPTQ needs of a calibration gram, computed once for every matrix that reads the same
+    inputs: the visiting order (act order), the inputs that never fired (``dead``, in the
+    original order), the damping added to the diagonal and U, the upper Cholesky factor of the
+    damped, reordered H^-1."""
+
+    order: np.ndarray
+    dead: np.ndarray
+    damp: float
+    U: np.ndarray
+
+
+def gptq_factor(gram: np.ndarray, damp: float = GPTQ_DAMP) -> GptqFactor:
+    """``GptqFactor`` of a gram X^T X (in, in)."""
     H = np.array(gram, dtype=np.float64)
-    n_in = W.shape[1]
-    if H.shape != (n_in, n_in):
-        raise ConversionError(f"gptq_round: gram {H.shape} does not match W {W.shape}")
-    qmax = _qmax(bits)
+    n_in = H.shape[0]
     dead = np.diag(H) <= 0
     H[dead, dead] = 1.0
-    W[:, dead] = 0.0
     order = np.argsort(-np.diag(H), kind="stable")
-    W, H = W[:, order], H[np.ix_(order, order)]
-    H[np.diag_indices(n_in)] += damp * float(np.mean(np.diag(H)))
+    H = H[np.ix_(order, order)]
+    added = damp * float(np.mean(np.diag(H))) if n_in else 0.0
+    H[np.diag_indices(n_in)] += added
     try:  # U: upper Cholesky factor of H^-1, whose rows drive the error updates
         U = np.linalg.cholesky(np.linalg.inv(H)).T
     except np.linalg.LinAlgError:
         raise ConversionError("gptq_round: the calibration Hessian is not positive definite "
                               "even after damping; use more calibration tokens") from None
-    s = np.asarray(scale, dtype=np.float64)[:, None]
-    Q = np.zeros_like(W)
-    for i1 in range(0, n_in, block):
-        i2 = min(i1 + block, n_in)
-        W1 = W[:, i1:i2].copy()
-        E1 = np.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            q = np.clip(np.rint(W1[:, i:i + 1] / s), -qmax, qmax)
-            Q[:, i1 + i] = q[:, 0]
-            err = (W1[:, i] - q[:, 0] * s[:, 0]) / U1[i, i]
-            W1[:, i:] -= np.outer(err, U1[i, i:])
-            E1[:, i] = err
-        W[:, i2:] -= E1 @ U[i1:i2, i2:]
-    out = np.empty_like(Q)
-    out[:, order] = Q
-    return out.astype(np.int32)
+    return GptqFactor(order, dead, added, np.ascontiguousarray(U))
+
+
+def gptq_round(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | None = None,
+               damp: float = GPTQ_DAMP, block: int = GPTQ_BLOCK,
+               factor: GptqFactor | None = None) -> np.ndarray:
+    """Mantissas (out, in) for W with per-row ``scale``, rounded by GPTQ against ``gram`` = X^T X
+    (in, in) of the calibration inputs, any positive multiple of it (see the module docstring),
+    or against its ``factor`` when several matrices share it."""
+    return _gptq(W, scale, bits, gram, damp, block, factor)[0]
+
+
+def _gptq(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | None, damp: float,
+          block: int, factor: GptqFactor | None) -> tuple[np.ndarray, float]:
+    """GPTQ mantissas (int8 up to 8 bits) and the damped objective sum ||E||^2, where
+    W' - Q s = E U (W' is W with the dead inputs zeroed; see ``quantize_channels``).
+
+    Rows are independent given U, so they go in chunks; each chunk is held transposed
+    (inputs x rows) so that a column of W is a contiguous row. Within a block of ``block``
+    columns, ``GPTQ_SUB_BLOCK`` columns are rounded one at a time, then one matrix product
+    carries their errors to the rest of the block, and one per block to the columns after it:
+    the lazy batch updates of the paper at two levels. That last product, nearly all of the
+    arithmetic, runs in float32 (as the paper's implementation does), the rest in float64."""
+    n_out, n_in = W.shape
+    if factor is None:
+        if gram is None or np.shape(gram) != (n_in, n_in):
+            raise ConversionError(f"gptq_round: gram {np.shape(gram)} does not match W "
+                                  f"{W.shape}")
+        factor = gptq_factor(gram, damp)
+    elif factor.U.shape != (n_in, n_in):
+        raise ConversionError(f"gptq_round: factor {factor.U.shape} does not match W {W.shape}")
+    qmax = _qmax(bits)
+    U, order = factor.U, factor.order
+    diag = np.diag(U).copy()
+    live = ~factor.dead[order]
+    out = np.zeros(W.shape, np.int8 if qmax <= 127 else np.int32)
+    if not live.any():  # no input ever fired: every weight is zeroed, nothing to round
+        return out, 0.0
+    s_all = np.asarray(scale, dtype=np.float64)
+    err_sq = 0.0
+    sub = GPTQ_SUB_BLOCK
+    back = np.argsort(order)
+    U32 = U.astype(np.float32)  # the block updates to later columns: float32 BLAS
+    chunk = min(n_out, _GPTQ_CHUNK_ROWS)
+    QT, ET = np.empty((n_in, chunk)), np.empty((block, chunk))
+    E32, upd = np.empty((block, chunk), np.float32), np.empty((n_in, chunk), np.float32)
+    upd_sub = np.empty((block, chunk))
+    for r0 in range(0, n_out, chunk):
+        r1 = min(n_out, r0 + chunk)
+        m = r1 - r0
+        s = s_all[r0:r1]
+        WT = np.ascontiguousarray(W[r0:r1].T[order], dtype=np.float64)  # (in, rows)
+        WT[~live] = 0.0
+        for i1 in range(0, n_in, block):
+            i2 = min(i1 + block, n_in)
+            for j1 in range(i1, i2, sub):
+                j2 = min(j1 + sub, i2)
+                for j in range(j1, j2):
+                    w, q, e = WT[j], QT[j, :m], ET[j - i1, :m]
+                    np.divide(w, s, out=q)
+                    np.rint(q, out=q)
+                    np.clip(q, -qmax, qmax, out=q)
+                    np.multiply(q, s, out=e)
+                    np.subtract(w, e, out=e)
+                    e /= diag[j]
+                    if j + 1 < j2:  # rank-1 update of the sub-block, in place
+                        _ger(-1.0, e, U[j, j + 1:j2], a=WT[j + 1:j2].T, overwrite_a=1)
+                if j2 < i2:
+                    part = upd_sub[:i2 - j2, :m]
+                    np.matmul(U[j1:j2, j2:i2].T, ET[j1 - i1:j2 - i1, :m], out=part)
+                    WT[j2:i2] -= part
+            eb = ET[:i2 - i1, :m]
+            if i2 < n_in:
+                e32 = E32[:i2 - i1, :m]
+                np.copyto(e32, eb, casting="same_kind")
+                part32 = upd[:n_in - i2, :m]
+                np.matmul(U32[i1:i2, i2:].T, e32, out=part32)
+                WT[i2:] -= part32
+            flat = eb.ravel()
+            err_sq += float(flat @ flat)
+        out[r0:r1] = QT[:, :m].astype(out.dtype)[back].T
+    return out, err_sq
+
+
+def _finite(W: np.ndarray) -> bool:
+    step = max(1, _CHUNK_VALUES // max(1, W.shape[1])) if W.ndim == 2 else max(1, len(W))
+    return all(bool(np.isfinite(W[i:i + step]).all()) for i in range(0, len(W), step))
 
 
 def quantize_channels(W: np.ndarray, bits: int, gram: np.ndarray | None = None,
-                      rounding: str = "gptq") -> ChannelQuantized:
+                      rounding: str = "gptq", factor: GptqFactor | None = None
+                      ) -> ChannelQuantized:
     """Per-output-channel scales and ``rounding`` ('gptq' needs the calibration gram X^T X;
-    without one it falls back to 'nearest')."""
+    without one it falls back to 'nearest'). ``factor``: ``gptq_factor(gram)`` when several
+    matrices read the same inputs. W is read in row chunks (float32 stays float32 in memory)."""
     if rounding not in ("gptq", "nearest"):
         raise ConversionError(f"rounding {rounding!r}: expected 'gptq' or 'nearest'")
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 2 or not np.all(np.isfinite(W)):
+    W = np.asarray(W)
+    if W.dtype.kind != "f":
+        W = W.astype(np.float64)
+    if W.ndim != 2 or not _finite(W):
         raise ConversionError(f"quantize_channels: expected a finite (out, in) matrix, got "
                               f"shape {W.shape}")
     qmax = _qmax(bits)
     scale = channel_scales(W, bits)
+    damped = None
     if rounding == "gptq" and gram is not None and W.size:
-        mantissa = gptq_round(W, scale, bits, gram)
+        mantissa, damped = _gptq(W, scale, bits, gram, GPTQ_DAMP, GPTQ_BLOCK, factor)
     else:
         rounding = "nearest"
-        mantissa = np.clip(np.rint(W / scale[:, None]), -qmax, qmax).astype(np.int32)
-    err = W - mantissa * scale[:, None]
+        mantissa = np.empty(W.shape, np.int8 if qmax <= 127 else np.int32)
+        step = max(1, _CHUNK_VALUES // max(1, W.shape[1]))
+        for i in range(0, W.shape[0], step):
+            mantissa[i:i + step] = np.clip(np.rint(W[i:i + step] / scale[i:i + step, None]),
+                                           -qmax, qmax)
+    max_err, sq_err, live_sq = 0.0, 0.0, 0.0
+    dead = factor.dead if factor is not None else (
+        np.diag(np.asarray(gram)) <= 0 if gram is not None and W.size else None)
+    some_dead = dead is not None and bool(dead.any())
+    step = max(1, _CHUNK_VALUES // max(1, W.shape[1]))
+    for i in range(0, W.shape[0], step):  # the errors in cache-sized row chunks
+        err = mantissa[i:i + step].astype(np.float64)
+        err *= scale[i:i + step, None]
+        np.subtract(W[i:i + step], err, out=err)
+        max_err = max(max_err, float(err.max()), -float(err.min()))
+        flat = err.ravel()
+        sq = float(flat @ flat)
+        sq_err += sq
+        if damped is not None:
+            live_err = err[:, ~dead].ravel() if some_dead else flat
+            live_sq += float(live_err @ live_err) if some_dead else sq
     mse = None
     if gram is not None and W.size:  # gram = X^T X / samples: mean |err x|^2 per channel
-        mse = float(np.einsum("oi,ij,oj->", err, np.asarray(gram, np.float64), err)
-                    / W.shape[0])
+        if damped is not None:
+            # GPTQ's own errors give it without another product: with W' - Q s = E U and
+            # U^T U = (G + dead + damp I)^-1, |E|^2 = err G err^T + damp |err on live inputs|^2
+            damp_add = (factor or gptq_factor(gram)).damp
+            mse = max(0.0, damped - damp_add * live_sq) / W.shape[0]
+        else:
+            g = np.asarray(gram, np.float64)
+            total = 0.0
+            for i in range(0, W.shape[0], step):
+                err = W[i:i + step] - mantissa[i:i + step] * scale[i:i + step, None]
+                total += float(np.einsum("ij,ij->", err @ g, err))
+            mse = total / W.shape[0]
+    size = W.size
     return ChannelQuantized(mantissa=mantissa, scale=scale, bits=int(bits), rounding=rounding,
-                            max_abs_error=float(np.max(np.abs(err))) if W.size else 0.0,
-                            rms_error=float(np.sqrt(np.mean(err ** 2))) if W.size else 0.0,
+                            max_abs_error=max_err if size else 0.0,
+                            rms_error=float(np.sqrt(sq_err / size)) if size else 0.0,
                             output_mse=mse)
