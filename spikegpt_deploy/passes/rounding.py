@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg.blas import dger as _ger
+from threadpoolctl import threadpool_limits
 
 from ..errors import ConversionError
 
@@ -140,6 +141,14 @@ def gptq_round(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | N
 
 
 def _gptq(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | None, damp: float,
+          block: int, factor: GptqFactor | None) -> tuple[np.ndarray, float]:
+    """``_gptq_rows`` with one BLAS thread: its thousands of small products and rank-1 updates
+    only wait on each other's threads with more (several times slower on a busy machine)."""
+    with threadpool_limits(1, user_api="blas"):
+        return _gptq_rows(W, scale, bits, gram, damp, block, factor)
+
+
+def _gptq_rows(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | None, damp: float,
           block: int, factor: GptqFactor | None) -> tuple[np.ndarray, float]:
     """GPTQ mantissas (int8 up to 8 bits) and the damped objective sum ||E||^2, where
     W' - Q s = E U (W' is W with the dead inputs zeroed; see ``quantize_channels``).
