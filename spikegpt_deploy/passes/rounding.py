@@ -148,17 +148,19 @@ def gptq_round(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | N
 
 
 def _gptq(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | None, damp: float,
-          block: int, factor: GptqFactor | None) -> tuple[np.ndarray, float]:
+          block: int, factor: GptqFactor | None) -> tuple[np.ndarray, float, GptqFactor]:
     """``_gptq_rows`` with one BLAS thread: its thousands of small products and rank-1 updates
     only wait on each other's threads with more (several times slower on a busy machine)."""
     with threadpool_limits(1, user_api="blas"):
         return _gptq_rows(W, scale, bits, gram, damp, block, factor)
 
 
-def _gptq_rows(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | None, damp: float,
-          block: int, factor: GptqFactor | None) -> tuple[np.ndarray, float]:
-    """GPTQ mantissas (int8 up to 8 bits) and the damped objective sum ||E||^2, where
-    W' - Q s = E U (W' is W with the dead inputs zeroed; see ``quantize_channels``).
+def _gptq_rows(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | None,
+               damp: float, block: int, factor: GptqFactor | None
+               ) -> tuple[np.ndarray, float, GptqFactor]:
+    """GPTQ mantissas (int8 up to 8 bits), the damped objective sum ||E||^2, where
+    W' - Q s = E U (W' is W with the dead inputs zeroed; see ``quantize_channels``), and the
+    factor used.
 
     Rows are independent given U, so they go in chunks; each chunk is held transposed
     (inputs x rows) so that a column of W is a contiguous row. Within a block of ``block``
@@ -180,7 +182,7 @@ def _gptq_rows(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | N
     live = ~factor.dead[order]
     out = np.zeros(W.shape, np.int8 if qmax <= 127 else np.int32)
     if not live.any():  # no input ever fired: every weight is zeroed, nothing to round
-        return out, 0.0
+        return out, 0.0, factor
     s_all = np.asarray(scale, dtype=np.float64)
     err_sq = 0.0
     sub = GPTQ_SUB_BLOCK
@@ -224,7 +226,7 @@ def _gptq_rows(W: np.ndarray, scale: np.ndarray, bits: int, gram: np.ndarray | N
             flat = eb.ravel()
             err_sq += float(flat @ flat)
         out[r0:r1] = QT[:, :m].astype(out.dtype)[back].T
-    return out, err_sq
+    return out, err_sq, factor
 
 
 def _finite(W: np.ndarray) -> bool:
@@ -250,7 +252,7 @@ def quantize_channels(W: np.ndarray, bits: int, gram: np.ndarray | None = None,
     scale = channel_scales(W, bits)
     damped = None
     if rounding == "gptq" and gram is not None and W.size:
-        mantissa, damped = _gptq(W, scale, bits, gram, GPTQ_DAMP, GPTQ_BLOCK, factor)
+        mantissa, damped, factor = _gptq(W, scale, bits, gram, GPTQ_DAMP, GPTQ_BLOCK, factor)
     else:
         rounding = "nearest"
         mantissa = np.empty(W.shape, np.int8 if qmax <= 127 else np.int32)
@@ -279,8 +281,8 @@ def quantize_channels(W: np.ndarray, bits: int, gram: np.ndarray | None = None,
         if damped is not None:
             # GPTQ's own errors give it without another product: with W' - Q s = E U and
             # U^T U = (G + dead + damp I)^-1, |E|^2 = err G err^T + damp |err on live inputs|^2
-            damp_add = (factor or gptq_factor(gram)).damp
-            mse = max(0.0, damped - damp_add * live_sq) / W.shape[0]
+            assert factor is not None
+            mse = max(0.0, damped - factor.damp * live_sq) / W.shape[0]
         else:
             g = np.asarray(gram, np.float64)
             total = 0.0
