@@ -120,6 +120,8 @@ _SCHEMA: dict[str, dict[str, _Field]] = {
     "host_ops": _HOST_OPS,
     "capacity": {
         "cores_per_chip": _q(_C, "neuromorphic cores per chip", "chip"),
+        "cores_per_tile": _q(_C, "cores sharing one mesh router (a tile): a message between "
+                             "them takes no hop"),
         "embedded_cores": _q(_C, "general-purpose cores on the chip (e.g. x86 Lakemont)"),
         "neurons_per_core": _q(_C, "neurons (compartments) per core"),
         "synapses_per_chip": _q(_C, "synapses per chip"),

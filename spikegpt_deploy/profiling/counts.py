@@ -83,6 +83,9 @@ class OpCounts:
     mapping: dict[str, int]
     ann: dict[str, Any]
     unsupported: list[dict[str, str]] = field(default_factory=list)
+    #: layer -> source node -> on-chip spike messages it sent (sum over tokens), for the
+    #: per-source hop distances of the placement; absent in files of older versions
+    messages: dict[str, dict[str, int]] = field(default_factory=dict)
     #: chip node -> per-neuron work summed over tokens (numpy arrays: synaptic_ops, active, idle,
     #: messages), for the per-core timestep model; too large for profile.json, so not serialised
     neuron_work: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False,
@@ -103,7 +106,7 @@ class OpCounts:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OpCounts":
         names = {f.name for f in fields(cls)} - {"neuron_work"}
-        missing = sorted(names - set(data) - {"unsupported"})
+        missing = sorted(names - set(data) - {"unsupported", "messages"})
         if missing:
             raise DataError(f"op counts: missing key(s) {missing}; the file was not written by "
                             f"this version of spikegpt-deploy profile")
@@ -226,6 +229,7 @@ class _Run:
         self.accumulators: dict[str, dict[str, Any]] = {}
         self.reached: dict[str, np.ndarray] = {}   # chip LIF -> (T, C) reached by synapses
         self.mapping: Counter = Counter()
+        self.messages: dict[str, dict[str, int]] = {}   # layer -> source node -> messages
         self.work: dict[str, dict[str, Any]] = {}  # chip node -> per-neuron sums over tokens
 
     def add_work(self, n: str, layer: str, **arrays: np.ndarray) -> None:
@@ -246,8 +250,11 @@ class _Run:
     def emit(self, port: Port, layer: str, bits: int = 0) -> None:
         """Messages of the events at ``port``: one per event per chip node that reads it."""
         msgs = (self.events[port] != 0).sum(axis=1) * len(self.chip_readers(port))
-        self.totals[layer]["spike_messages"] += int(msgs.sum())
-        self.totals[layer]["payload_bits"] += int(msgs.sum()) * bits
+        total = int(msgs.sum())
+        self.totals[layer]["spike_messages"] += total
+        self.totals[layer]["payload_bits"] += total * bits
+        by_source = self.messages.setdefault(layer, {})
+        by_source[port.node] = by_source.get(port.node, 0) + total
         self.per_token["spike_messages"] += msgs
 
     def population(self, n: str, d: dict[str, Any], layer: str) -> None:
@@ -425,7 +432,8 @@ def count_ops(ir: IR, spikes: Mapping[str, Any],
         host_ops={k: dict(sorted(host_ops[k].items())) for k in layers},
         per_token={k: v.tolist() for k, v in run.per_token.items()},
         pipeline=_pipeline(ir, run.order, run.chip), mapping=dict(run.mapping),
-        ann=ann_op_counts(ir.config), unsupported=run.unsupported, neuron_work=run.work)
+        ann=ann_op_counts(ir.config), unsupported=run.unsupported, messages=run.messages,
+        neuron_work=run.work)
 
 
 def _count_crossings(ir: IR, events: dict[Port, np.ndarray], payload: dict[str, int],

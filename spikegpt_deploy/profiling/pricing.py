@@ -5,7 +5,8 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
 
 - chip dynamic = (synaptic_ops + accumulate_ops) x E[synaptic_op]
   + active x E[neuron_update_active] + idle x E[neuron_update_idle]
-  + spike_messages x (E[spike_local] + hops x E[spike_hop]) + payload_bits x E[graded_payload_bit]
+  + spike_messages x (E[spike_local] + hops x E[spike_hop]) + payload_bits x E[graded_payload_bit],
+  with each layer's messages at its own hops (below)
 - chip static = chips x P[static_power] x token latency; the latency (``latency.py``) is
   timesteps x the work-based timestep (the slowest core, network hops, barrier) + host compute
   time (host ops x the host-timing profile's time per op, default ``cpu``) + chip-host
@@ -21,12 +22,18 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
 - host = sum over kinds of count x E_host[kind] (``lookup_byte`` priced as ``memory_byte``)
 - I/O = chip-host bytes x E[chip_io_byte]
 
-Hop assumption: the chip part is placed on the mapping's cores (``resources.map_resources``
-when given, else the larger of neurons / neurons_per_core and synapse bits /
-synaptic_memory_per_core at weight_bits_max), laid out as a square mesh per chip; a message
-travels the mean Manhattan distance between two random cores of that mesh, 2 (s^2 - 1) / (3 s)
-hops for side s (0 for one core). Past one chip, the energy prices inter-chip links as on-chip
-hops (a stated lower bound); the timestep adds the mean distance between chips.
+Hops: with a mapping that carries a placement (``profiling.core_mapping``: ``placement.place``,
+the one placement the SANA-FE cross-check also uses), each source's messages travel its own
+mean distance between the tiles of its cores and of its readers' cores, plus the chips between
+them; a layer's hops are the message-weighted mean of its sources'. A chip-to-chip hop is priced
+as one mesh hop (a stated lower bound; no inter-chip energy figure). Without a placement (or for
+messages of a source it lacks), every message travels the mean Manhattan distance between two
+random cores of a square mesh of the mapped cores (``resources.map_resources`` when given, else
+the larger of neurons / neurons_per_core and synapse bits / synaptic_memory_per_core at
+weight_bits_max), 2 (s^2 - 1) / (3 s) hops for side s (0 for one core), and past one chip the
+mean distance between chips on a square grid. ``hops`` given: every message travels that many
+mesh hops, plus that chip distance. The timestep's network term is the layer whose messages
+travel farthest.
 
 The ANN baseline prices ``ann_op_counts`` on a host or ann profile (cmos45nm, gpu). The paper's
 formula is shown beside: E_ANN = MACs x E_MAC, E_SNN = 0.15 x MACs x E_AC with E_MAC =
@@ -44,6 +51,7 @@ from hw_profiles import HardwareProfile
 from hw_profiles import load_profile as _load_profile
 
 from ..errors import DataError, ProfileError
+from ..placement import Route, routes_of
 from .counts import OpCounts
 from .latency import (WORK_TIMES, core_times, fixed_timestep, host_time_ns, io_time_ns,
                       mean_mesh_distance, timestep_latency, token_latency)
@@ -121,9 +129,32 @@ def _io_bytes(counts: OpCounts, rate: float) -> dict[str, float]:
     return out
 
 
+def layer_routes(counts: OpCounts, sources: Mapping[str, Route] | None,
+                 uniform: Route) -> dict[str, Route]:
+    """Layer -> the mean route of its spike messages: each source's own route where the
+    placement has it, ``uniform`` for the rest (see the module docstring)."""
+    out: dict[str, Route] = {}
+    for layer in counts.layers:
+        total = counts.layer_totals.get(layer, {}).get("spike_messages", 0.0)
+        if not total:
+            out[layer] = Route(0.0, 0.0)
+            continue
+        hops = chip_hops = 0.0
+        placed = 0.0
+        for source, n in counts.messages.get(layer, {}).items():
+            r = (sources or {}).get(source)
+            if r is not None:
+                hops, chip_hops, placed = hops + n * r.hops, chip_hops + n * r.chip_hops, \
+                    placed + n
+        rest = total - placed
+        out[layer] = Route((hops + rest * uniform.hops) / total,
+                           (chip_hops + rest * uniform.chip_hops) / total)
+    return out
+
+
 def _latency(counts: OpCounts, chip: HardwareProfile, host_timing: HardwareProfile,
-             cores: Mapping[str, int] | None, chips: int, timesteps: float, hops: float,
-             rate: float, f: _Figures) -> dict[str, Any]:
+             cores: Mapping[str, int] | None, chips: int, timesteps: float,
+             routes: Mapping[str, Route], rate: float, f: _Figures) -> dict[str, Any]:
     """The timestep and the token's latency terms (see ``latency.py``); None where unpriced."""
     step = None
     if "timestep" in chip.timing:
@@ -138,7 +169,7 @@ def _latency(counts: OpCounts, chip: HardwareProfile, host_timing: HardwareProfi
         t = {k: f.get(chip, "timing", k, "ns", f"chip {k} time") for k in keys}
         if all(v is not None for v in t.values()):
             step = timestep_latency(core_times(counts.neuron_work, cores, counts.tokens,
-                                               t, rate), t, hops, chips)  # type: ignore[arg-type]
+                                               t, rate), t, routes)  # type: ignore[arg-type]
     ops: dict[str, float] = {}
     for layer in counts.layers:
         for kind, n in counts.host_ops.get(layer, {}).items():
@@ -162,7 +193,7 @@ def _latency(counts: OpCounts, chip: HardwareProfile, host_timing: HardwareProfi
 
 
 def _price(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, timesteps: float,
-           hops: float, chips: int, rate: float = 1.0,
+           routes: Mapping[str, Route], chips: int, rate: float = 1.0,
            kind_factors: Mapping[str, float] | None = None, *,
            host_timing: HardwareProfile | None = None,
            cores: Mapping[str, int] | None = None) -> tuple[dict[str, Any], _Figures]:
@@ -197,16 +228,18 @@ def _price(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, times
             row["host"] = None if (price is None or row["host"] is None) else row["host"] + n * price
         row["_io_bytes"] = io.get(layer, 0.0)
         layers[layer] = row
-    for row in layers.values():
+    for layer, row in layers.items():
         msgs, bits, nbytes = row.pop("_msgs"), row.pop("_bits"), row.pop("_io_bytes")
-        row["spike_hop"] = energy("spike_hop", msgs * hops)
+        route = routes.get(layer, Route(0.0, 0.0))
+        row["spike_hop"] = energy("spike_hop", msgs * (route.hops + route.chip_hops))
         row["payload"] = energy("graded_payload_bit", bits)
         row["io"] = energy("chip_io_byte", nbytes)
         chip_terms = [row[k] for k in ("synaptic", "neuron_active", "neuron_idle", "spike_local",
                                        "spike_hop", "payload")]
         row["chip"] = sum(t for t in chip_terms if t is not None)
         row["chip_complete"] = all(t is not None for t in chip_terms)
-    latency = _latency(counts, chip, host_timing or host, cores, chips, timesteps, hops, rate, f)
+    latency = _latency(counts, chip, host_timing or host, cores, chips, timesteps, routes,
+                       rate, f)
     latency_ns = latency["token"]["total_ns"]
     p_static = f.get(chip, "energy", "static_power", "mW", "chip static power")
     static = None if (latency_ns is None or p_static is None) else chips * p_static * latency_ns
@@ -258,8 +291,26 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
     hop = float(mapping["hops_per_message"] if hops is None else hops)
     if steps < 0 or hop < 0 or sensitivity_factor <= 0:
         raise DataError("timesteps and hops must be >= 0 and the sensitivity factor > 0")
+    placed = routes_of(resources) if hops is None else None
+    chips = mapping["chips"]
+    routes = layer_routes(counts, placed, Route(hop, mean_mesh_distance(chips) if chips > 1
+                                                else 0.0))
+    messages = {k: counts.layer_totals.get(k, {}).get("spike_messages", 0.0) for k in routes}
+    sent = sum(messages.values())
+    mapping.update(
+        hops_per_message=(sum(messages[k] * r.hops for k, r in routes.items()) / sent
+                          if sent else hop),
+        chip_hops_per_message=(sum(messages[k] * r.chip_hops for k, r in routes.items())
+                               / sent if sent else 0.0),
+        hops_per_layer={k: {"hops": r.hops, "chip_hops": r.chip_hops}
+                        for k, r in routes.items()},
+        placed=placed is not None)
+    if placed is not None:
+        placement = resources["placement"]  # type: ignore[index]
+        mapping.update(placement={k: placement[k] for k in ("cores", "cores_per_tile", "mesh")})
+        mapping["notes"] = mapping["notes"] + list(placement.get("notes", []))
     extra = {"host_timing": timing, "cores": cores}
-    core, figs = _price(counts, chip, host, steps, hop, mapping["chips"], **extra)
+    core, figs = _price(counts, chip, host, steps, routes, chips, **extra)
     subtotal, parts = _total(core)
     unsupported = figs.missing + [dict(u, profile=counts.target) for u in counts.unsupported]
     k = sensitivity_factor
@@ -269,16 +320,16 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
                       ("proxy_div", {"kind_factors": {"proxy": 1 / k}}),
                       ("estimate_x", {"kind_factors": {"estimate": k}}),
                       ("estimate_div", {"kind_factors": {"estimate": 1 / k}})):
-        sens[label] = _total(_price(counts, chip, host, steps, hop, mapping["chips"],
+        sens[label] = _total(_price(counts, chip, host, steps, routes, chips,
                                     **kw, **extra)[0])[0]  # type: ignore[arg-type]
-    regimes = _regimes(counts, chip, host, steps, hop, mapping["chips"], prompt_tokens, extra)
+    regimes = _regimes(counts, chip, host, steps, routes, chips, prompt_tokens, extra)
     return {
         "target": {"name": chip.name, "title": chip.title, "sha256": chip.sha256},
         "host": {"name": host.name, "title": host.title, "sha256": host.sha256},
         "tokens": counts.tokens, "policy": counts.policy, "partitioned_for": counts.target,
         "timesteps_per_token": steps, "latency_ns": core["latency_ns"],
         "latency": core["latency"], "regimes": regimes,
-        "mapping": {**mapping, "hops_per_message": hop},
+        "mapping": mapping,
         "layers": core["layers"], "host_by_kind": core["host_by_kind"],
         "per_token": {**parts, "total": None if unsupported else subtotal,
                       "priced_subtotal": subtotal},
@@ -290,8 +341,10 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
             f"timesteps per token = {steps:g} ("
             + ("the Lava pipeline depth: Dense hops on the longest path + 1"
                if timesteps is None else "given") + ")",
-            f"{hop:.3g} hops per spike message ("
-            + ("mean Manhattan distance on the mapped mesh" if hops is None else "given") + ")",
+            f"{mapping['hops_per_message']:.3g} hops per spike message on average ("
+            + ("each layer's own, from the placement of its sources and readers" if placed
+               else "mean Manhattan distance on the mapped mesh" if hops is None else "given")
+            + ")",
             "token latency = chip timesteps x the work-based timestep + host compute time (on "
             f"{timing.name}) + chip-host transfers, added without overlap; static power is "
             "counted over that latency",
@@ -301,7 +354,7 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
 
 
 def _regimes(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, decode: float,
-             hops: float, chips: int, prompt_tokens: int, extra: dict[str, Any]
+             routes: Mapping[str, Route], chips: int, prompt_tokens: int, extra: dict[str, Any]
              ) -> dict[str, Any]:
     """Energy and latency per token of prefill and decode, from the schedule's timesteps."""
     pipe = counts.pipeline
@@ -309,11 +362,11 @@ def _regimes(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, dec
     depth = float(pipe.get("depth_timesteps", decode))
     out: dict[str, Any] = {}
     for name, steps in (("prefill", prefill), ("decode", decode)):
-        core, _ = _price(counts, chip, host, steps, hops, chips, **extra)
+        core, _ = _price(counts, chip, host, steps, routes, chips, **extra)
         out[name] = {"timesteps_per_token": steps, "tokens_per_timestep": 1.0 / max(steps, 1e-9),
                      "energy_per_token_pj": _total(core)[0], "latency_per_token_ns":
                      core["latency_ns"], "static_per_token_pj": core["static"]}
-    one = _price(counts, chip, host, depth, hops, chips, **extra)[0]["latency_ns"]
+    one = _price(counts, chip, host, depth, routes, chips, **extra)[0]["latency_ns"]
     ttft_steps = (max(int(prompt_tokens), 1) - 1) * prefill + depth
     pre = out["prefill"]["latency_per_token_ns"]
     out["depth_latency_ns"] = one
