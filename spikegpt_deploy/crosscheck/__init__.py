@@ -27,6 +27,7 @@ from typing import Any, Iterator
 from hw_profiles import HardwareProfile, load_profile
 
 from ..errors import DataError
+from ..optional import install_line, require
 from ..placement import mesh_of
 from .sanafe_net import EPS, CrossCheckError, Group, arch_description, assign_cores, \
     chip_groups, core_of_neurons, write_arch
@@ -35,17 +36,13 @@ __all__ = ["CrossCheckError", "INSTALL_HINT", "crosscheck_bundle", "import_sanaf
            "render_table", "run_sanafe", "write_result"]
 
 log = logging.getLogger(__name__)
-INSTALL_HINT = "pip install 'spikegpt-deploy[crosscheck]'"
+INSTALL_HINT = install_line("crosscheck")
 COMPARED_TERMS = ("synaptic", "neuron_active", "neuron_idle", "spike_local", "spike_hop")
 
 
 def import_sanafe() -> Any:
-    try:
-        import sanafe
-    except ImportError:
-        raise CrossCheckError(f"--simulator sanafe needs SANA-FE (GPL-3.0), which is not "
-                              f"installed; install it with: {INSTALL_HINT}") from None
-    return sanafe
+    return require("sanafe", "crosscheck", "--simulator sanafe needs SANA-FE (GPL-3.0)",
+                   CrossCheckError)
 
 
 def _build(sanafe: Any, groups: list[Group], arch: Any, per_core: int) -> Any:

@@ -6,7 +6,7 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
 - chip dynamic = (synaptic_ops + accumulate_ops) x E[synaptic_op]
   + active x E[neuron_update_active] + idle x E[neuron_update_idle]
   + spike_messages x (E[spike_local] + hops x E[spike_hop]) + payload_bits x E[graded_payload_bit],
-  with each layer's messages at its own hops (below)
+  with each layer's messages at its own hops (``network.py``)
 - chip static = chips x P[static_power] x token latency; the latency (``latency.py``) is
   timesteps x the work-based timestep (the slowest core, network hops, barrier) + host compute
   time (host ops x the host-timing profile's time per op, default ``cpu``) + chip-host
@@ -22,101 +22,38 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
 - host = sum over kinds of count x E_host[kind] (``lookup_byte`` priced as ``memory_byte``)
 - I/O = chip-host bytes x E[chip_io_byte]
 
-Hops: with a mapping that carries a placement (``profiling.core_mapping``: ``placement.place``,
-the one placement the SANA-FE cross-check also uses), each source's messages travel its own
-mean distance between the tiles of its cores and of its readers' cores, plus the chips between
-them; a layer's hops are the message-weighted mean of its sources'. A chip-to-chip hop is priced
-as one mesh hop (a stated lower bound; no inter-chip energy figure). Without a placement (or for
-messages of a source it lacks), every message travels the mean Manhattan distance between two
-random cores of a square mesh of the mapped cores (``resources.map_resources`` when given, else
-the larger of neurons / neurons_per_core and synapse bits / synaptic_memory_per_core at
-weight_bits_max), 2 (s^2 - 1) / (3 s) hops for side s (0 for one core), and past one chip the
-mean distance between chips on a square grid. ``hops`` given: every message travels that many
-mesh hops, plus that chip distance. The timestep's network term is the layer whose messages
-travel farthest.
-
-The ANN baseline prices ``ann_op_counts`` on a host or ann profile (cmos45nm, gpu). The paper's
-formula is shown beside: E_ANN = MACs x E_MAC, E_SNN = 0.15 x MACs x E_AC with E_MAC =
-cmos45nm mac (4.6 pJ) and E_AC = cmos45nm add (0.9 pJ). A figure a profile lacks makes its term
+The ANN baseline and the paper's formula: ``baselines.py``; figures and their provenance:
+``figures.py``; profile.json: ``result.py``. A figure a profile lacks makes its term
 ``unsupported`` (with the key) and the total None; never zero.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from hw_profiles import HardwareProfile
 from hw_profiles import load_profile as _load_profile
 
 from ..errors import DataError, ProfileError
-from ..placement import Route, routes_of
+from ..placement import Route
+from .baselines import PAPER_FIRING_RATE, PAPER_PROFILE, paper_formula, price_ann
 from .counts import OpCounts
+from .figures import PRICE_KEY, Figures, load_host
 from .latency import (WORK_TIMES, core_times, fixed_timestep, host_time_ns, io_time_ns,
-                      mean_mesh_distance, timestep_latency, token_latency)
+                      timestep_latency, token_latency)
+from .network import layer_routes, mapping_estimate, message_routes
+from .result import ProfileResult
 
-PAPER_FIRING_RATE = 0.15
+__all__ = ["DEFAULT_HOST_TIMING", "PAPER_FIRING_RATE", "PAPER_PROFILE", "ProfileResult",
+           "layer_routes", "load_host", "mapping_estimate", "paper_formula", "price_ann",
+           "price_target"]
+
 # the prompt length the TTFT is stated for (the 500-token input of Abreu et al. 2025's Loihi 2
 # time-to-first-token comparison)
 DEFAULT_PROMPT_TOKENS = 500
-PAPER_PROFILE = "cmos45nm"
 DEFAULT_HOST_TIMING = "cpu"   # the profile whose [timing] gives the host's time per op
 DEFAULT_SENSITIVITY_FACTOR = 2.0
-PRICE_KEY = {"lookup_byte": "memory_byte"}   # host op kind -> [host_ops] key (else the same)
 EVENT_CLASSES = ("binary", "integer", "graded")
-
-
-class _Figures:
-    """Reads figures, remembers each one used (with provenance) and each one missing."""
-
-    def __init__(self, kind_factors: Mapping[str, float] | None = None):
-        self.kind_factors = dict(kind_factors or {})
-        self.used: dict[str, dict[str, Any]] = {}
-        self.missing: list[dict[str, str]] = []
-
-    def get(self, profile: HardwareProfile, section: str, key: str, unit: str,
-            what: str) -> float | None:
-        try:
-            q = profile.quantity(section, key)
-        except ProfileError:
-            entry = {"what": what, "profile": profile.name, "key": f"[{section}] {key}",
-                     "reason": f"profile {profile.name!r} has no [{section}] {key}"}
-            if entry not in self.missing:
-                self.missing.append(entry)
-            return None
-        self.used[f"{profile.name}:{section}.{key}"] = {
-            "profile": profile.name, "sha256": profile.sha256, "section": section, "key": key,
-            "value": q.value, "unit": q.unit, "kind": q.kind, "source": q.source}
-        return q.to(unit) * self.kind_factors.get(q.kind, 1.0)
-
-
-def mapping_estimate(counts: OpCounts, chip: HardwareProfile) -> dict[str, Any]:
-    """Cores, chips and mean hops per message for the chip part (see the module docstring)."""
-    neurons, synapses = counts.mapping.get("neurons", 0), counts.mapping.get("synapses", 0)
-    notes, cores = [], 1
-
-    def have(key: str) -> bool:
-        return key in chip.capacity
-
-    if have("neurons_per_core"):
-        cores = max(cores, math.ceil(neurons / chip.capacity_count("neurons_per_core")))
-    else:
-        notes.append("no [capacity] neurons_per_core: neuron count not used for the core count")
-    if have("synaptic_memory_per_core") and have("weight_bits_max"):
-        bits = synapses * chip.capacity_bits("weight_bits_max")
-        cores = max(cores, math.ceil(bits / chip.capacity_bits("synaptic_memory_per_core")))
-    else:
-        notes.append("no synaptic memory or weight width: synapses not used for the core count")
-    per_chip = chip.capacity_count("cores_per_chip") if have("cores_per_chip") else cores
-    chips = max(1, math.ceil(cores / per_chip))
-    side = math.ceil(math.sqrt(min(cores, per_chip)))
-    hops = 2 * (side * side - 1) / (3 * side)
-    if chips > 1:
-        notes.append(f"{chips} chips: inter-chip messages priced as on-chip hops (lower bound; "
-                     f"no inter-chip energy figure)")
-    return {"neurons": neurons, "synapses": synapses, "cores": cores, "chips": chips,
-            "mesh_side": side, "hops_per_message": hops, "notes": notes}
 
 
 def _io_bytes(counts: OpCounts, rate: float) -> dict[str, float]:
@@ -129,32 +66,9 @@ def _io_bytes(counts: OpCounts, rate: float) -> dict[str, float]:
     return out
 
 
-def layer_routes(counts: OpCounts, sources: Mapping[str, Route] | None,
-                 uniform: Route) -> dict[str, Route]:
-    """Layer -> the mean route of its spike messages: each source's own route where the
-    placement has it, ``uniform`` for the rest (see the module docstring)."""
-    out: dict[str, Route] = {}
-    for layer in counts.layers:
-        total = counts.layer_totals.get(layer, {}).get("spike_messages", 0.0)
-        if not total:
-            out[layer] = Route(0.0, 0.0)
-            continue
-        hops = chip_hops = 0.0
-        placed = 0.0
-        for source, n in counts.messages.get(layer, {}).items():
-            r = (sources or {}).get(source)
-            if r is not None:
-                hops, chip_hops, placed = hops + n * r.hops, chip_hops + n * r.chip_hops, \
-                    placed + n
-        rest = total - placed
-        out[layer] = Route((hops + rest * uniform.hops) / total,
-                           (chip_hops + rest * uniform.chip_hops) / total)
-    return out
-
-
 def _latency(counts: OpCounts, chip: HardwareProfile, host_timing: HardwareProfile,
              cores: Mapping[str, int] | None, chips: int, timesteps: float,
-             routes: Mapping[str, Route], rate: float, f: _Figures) -> dict[str, Any]:
+             routes: Mapping[str, Route], rate: float, f: Figures) -> dict[str, Any]:
     """The timestep and the token's latency terms (see ``latency.py``); None where unpriced."""
     step = None
     if "timestep" in chip.timing:
@@ -196,8 +110,8 @@ def _price(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, times
            routes: Mapping[str, Route], chips: int, rate: float = 1.0,
            kind_factors: Mapping[str, float] | None = None, *,
            host_timing: HardwareProfile | None = None,
-           cores: Mapping[str, int] | None = None) -> tuple[dict[str, Any], _Figures]:
-    f = _Figures(kind_factors)
+           cores: Mapping[str, int] | None = None) -> tuple[dict[str, Any], Figures]:
+    f = Figures(kind_factors)
 
     def energy(key: str, count: float) -> float | None:
         """count x the figure; 0 for no events (no figure needed); None if the figure is missing."""
@@ -278,37 +192,13 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
                            f"needs role = chip")
     host = host or load_host(chip)
     timing = host_timing or _load_profile(DEFAULT_HOST_TIMING)
-    mapping = mapping_estimate(counts, chip)
-    cores = None
-    if resources is not None:
-        cores = {r["node"]: int(r["cores"]) for r in resources["layers"]}
-        total = int(resources["totals"]["cores"])
-        on_chip = min(total, int(resources["totals"].get("cores_per_chip") or total))
-        mapping.update(cores=total, chips=max(1, int(resources["totals"]["chips"])),
-                       mesh_side=math.ceil(math.sqrt(max(on_chip, 1))),
-                       hops_per_message=mean_mesh_distance(on_chip), mapped=True)
+    cores = None if resources is None else {r["node"]: int(r["cores"])
+                                            for r in resources["layers"]}
     steps = float(counts.pipeline["lava_timesteps"] if timesteps is None else timesteps)
-    hop = float(mapping["hops_per_message"] if hops is None else hops)
-    if steps < 0 or hop < 0 or sensitivity_factor <= 0:
+    if steps < 0 or (hops is not None and hops < 0) or sensitivity_factor <= 0:
         raise DataError("timesteps and hops must be >= 0 and the sensitivity factor > 0")
-    placed = routes_of(resources) if hops is None else None
+    mapping, routes = message_routes(counts, chip, resources, hops)
     chips = mapping["chips"]
-    routes = layer_routes(counts, placed, Route(hop, mean_mesh_distance(chips) if chips > 1
-                                                else 0.0))
-    messages = {k: counts.layer_totals.get(k, {}).get("spike_messages", 0.0) for k in routes}
-    sent = sum(messages.values())
-    mapping.update(
-        hops_per_message=(sum(messages[k] * r.hops for k, r in routes.items()) / sent
-                          if sent else hop),
-        chip_hops_per_message=(sum(messages[k] * r.chip_hops for k, r in routes.items())
-                               / sent if sent else 0.0),
-        hops_per_layer={k: {"hops": r.hops, "chip_hops": r.chip_hops}
-                        for k, r in routes.items()},
-        placed=placed is not None)
-    if placed is not None:
-        placement = resources["placement"]  # type: ignore[index]
-        mapping.update(placement={k: placement[k] for k in ("cores", "cores_per_tile", "mesh")})
-        mapping["notes"] = mapping["notes"] + list(placement.get("notes", []))
     extra = {"host_timing": timing, "cores": cores}
     core, figs = _price(counts, chip, host, steps, routes, chips, **extra)
     subtotal, parts = _total(core)
@@ -342,7 +232,8 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
             + ("the Lava pipeline depth: Dense hops on the longest path + 1"
                if timesteps is None else "given") + ")",
             f"{mapping['hops_per_message']:.3g} hops per spike message on average ("
-            + ("each layer's own, from the placement of its sources and readers" if placed
+            + ("each layer's own, from the placement of its sources and readers"
+               if mapping["placed"]
                else "mean Manhattan distance on the mapped mesh" if hops is None else "given")
             + ")",
             "token latency = chip timesteps x the work-based timestep + host compute time (on "
@@ -374,113 +265,3 @@ def _regimes(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, dec
                           ttft_ns=None if one is None or pre is None
                           else (max(int(prompt_tokens), 1) - 1) * pre + one)
     return out
-
-
-def load_host(chip: HardwareProfile, override: str | None = None) -> HardwareProfile:
-    """The host profile: ``override`` (a name or path), else the chip's ``default_host``."""
-    name = override or chip.default_host
-    if not name:
-        raise ProfileError(f"profile {chip.name!r} has no [meta] default_host; pass a host "
-                           f"profile (--host-profile cmos45nm)")
-    host = _load_profile(name)
-    if host.role not in ("host", "ann"):
-        raise ProfileError(f"host profile {host.name!r} has role {host.role!r}; expected host")
-    return host
-
-
-def price_ann(ann: Mapping[str, Any], profile: HardwareProfile) -> dict[str, Any]:
-    """Per-token energy of the dense ANN (``OpCounts.ann``) on a host or ann profile."""
-    f = _Figures()
-    by_kind: dict[str, float] = {}
-    for kind, n in ann["total"].items():
-        price = f.get(profile, "host_ops", PRICE_KEY.get(kind, kind), "pJ", f"ANN {kind}")
-        if price is not None:
-            by_kind[kind] = n * price
-    layers = {}
-    for layer, kinds in ann["layers"].items():
-        layers[layer] = sum(by_kind.get(k, 0.0) / ann["total"][k] * n
-                            for k, n in kinds.items() if ann["total"].get(k))
-    subtotal = sum(by_kind.values())
-    return {"profile": {"name": profile.name, "title": profile.title, "sha256": profile.sha256},
-            "macs": ann["macs"], "by_kind": by_kind, "layers": layers,
-            "per_token": {"total": None if f.missing else subtotal, "priced_subtotal": subtotal},
-            "complete": not f.missing, "unsupported": f.missing,
-            "figures": list(f.used.values())}
-
-
-def paper_formula(counts: OpCounts, measured: Mapping[str, Mapping[str, Any]],
-                  reference: HardwareProfile | None = None,
-                  firing_rate: float = PAPER_FIRING_RATE) -> dict[str, Any]:
-    """The SpikeGPT paper's E = ANN_ops x E_MAC vs firing_rate x ops x E_AC, beside the
-    measured per-token totals (``measured``: target -> price_target result)."""
-    ref = reference or _load_profile(PAPER_PROFILE)
-    f = _Figures()
-    e_mac = f.get(ref, "host_ops", "mac", "pJ", "paper E_MAC")
-    e_ac = f.get(ref, "host_ops", "add", "pJ", "paper E_AC")
-    if e_mac is None or e_ac is None:
-        raise ProfileError(f"profile {ref.name!r} needs [host_ops] mac and add for the paper's "
-                           f"formula")
-    macs = counts.ann["macs"]
-    lif = [p for p in counts.populations.values() if p["op"] == "LIF"]
-    neuron_tokens = sum(p["neurons"] for p in lif) * counts.tokens
-    rate = sum(p["spikes"] for p in lif) / neuron_tokens if neuron_tokens else 0.0
-    snn = firing_rate * macs * e_ac
-    return {"profile": {"name": ref.name, "sha256": ref.sha256}, "firing_rate": firing_rate,
-            "e_mac_pj": e_mac, "e_ac_pj": e_ac, "ann_ops": macs, "ann_pj": macs * e_mac,
-            "snn_pj": snn, "ann_over_snn": (macs * e_mac) / snn if snn else None,
-            "measured_lif_rate": rate, "snn_pj_at_measured_rate": rate * macs * e_ac,
-            "measured": {t: {"total_pj": p["per_token"]["total"],
-                             "priced_subtotal_pj": p["per_token"]["priced_subtotal"],
-                             "measured_over_paper_snn":
-                                 p["per_token"]["priced_subtotal"] / snn if snn else None}
-                         for t, p in measured.items()},
-            "figures": list(f.used.values())}
-
-
-@dataclass
-class ProfileResult:
-    """What ``profile_model`` measured and priced: the content of profile.json.
-
-    counts: target -> OpCounts (targets sharing a placement share the object); prices: target ->
-    price_target result, or {'unsupported': reason} for a target that cannot run the model;
-    ann: profile -> price_ann result; paper: paper_formula; meta: model, data, options.
-    """
-
-    meta: dict[str, Any]
-    counts: dict[str, OpCounts]
-    prices: dict[str, dict[str, Any]]
-    ann: dict[str, dict[str, Any]]
-    paper: dict[str, Any]
-    format: str = "spikegpt-deploy-profile/1"
-    notes: list[str] = field(default_factory=list)
-    neurobench: dict[str, Any] | None = None   # neurobench_compare, when asked for
-
-    @property
-    def primary(self) -> str:
-        """The first chip target (the one the tables detail)."""
-        return next(iter(self.counts))
-
-    def to_dict(self) -> dict[str, Any]:
-        counts: dict[str, Any] = {}
-        seen: dict[int, str] = {}
-        for target, c in self.counts.items():
-            counts[target] = {"same_as": seen[id(c)]} if id(c) in seen else c.to_dict()
-            seen.setdefault(id(c), target)
-        return {"format": self.format, "meta": self.meta, "counts": counts,
-                "prices": self.prices, "ann": self.ann, "paper": self.paper, "notes": self.notes,
-                **({"neurobench": self.neurobench} if self.neurobench is not None else {})}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "profile.json") -> "ProfileResult":
-        if not isinstance(data, Mapping) or data.get("format") != "spikegpt-deploy-profile/1":
-            raise DataError(f"{source}: not a spikegpt-deploy profile (expected format "
-                            f"'spikegpt-deploy-profile/1'); write one with spikegpt-deploy profile")
-        try:
-            counts: dict[str, OpCounts] = {}
-            for target, c in data["counts"].items():
-                counts[target] = counts[c["same_as"]] if "same_as" in c else OpCounts.from_dict(c)
-            return cls(dict(data["meta"]), counts, dict(data["prices"]), dict(data["ann"]),
-                       dict(data["paper"]), notes=list(data.get("notes", [])),
-                       neurobench=data.get("neurobench"))
-        except (KeyError, TypeError) as exc:
-            raise DataError(f"{source}: malformed profile ({type(exc).__name__}: {exc})") from None
