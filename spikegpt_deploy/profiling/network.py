@@ -46,7 +46,7 @@ def mapping_estimate(counts: OpCounts, chip: HardwareProfile) -> dict[str, Any]:
     per_chip = chip.capacity_count("cores_per_chip") if have("cores_per_chip") else cores
     chips = max(1, math.ceil(cores / per_chip))
     side = math.ceil(math.sqrt(min(cores, per_chip)))
-    hops = 2 * (side * side - 1) / (3 * side)
+    hops = mean_mesh_distance(min(cores, per_chip))
     if chips > 1:
         notes.append(f"{chips} chips: inter-chip messages priced as on-chip hops (lower bound; "
                      f"no inter-chip energy figure)")
