@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from .errors import DeployError
+from .optional import install_line, require
 from .processes import alive, descendants
 from .signals import Terminated, deferred_signals, termination_raises
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'spikegpt-deploy[distributed]'"
+INSTALL_HINT = install_line("distributed")
 # Test hook: "SHARD:TIMES[,...]" makes the worker running that shard exit abruptly on its first
 # TIMES attempts (a crashed worker process, as Ray sees it).
 FAULT_ENV = "SPIKEGPT_DEPLOY_CRASH_SHARDS"
@@ -77,12 +78,7 @@ class Cluster:
 
 
 def import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise DistributedError(f"--workers and --address run on Ray, which is not installed; "
-                               f"install it with: {INSTALL_HINT}") from None
-    return ray
+    return require("ray", "distributed", "--workers and --address run on Ray", DistributedError)
 
 
 @contextmanager

@@ -20,7 +20,9 @@ from hw_profiles import load_profile
 from spikegpt_deploy import api
 from spikegpt_deploy.cli import main
 from spikegpt_deploy.crosscheck import render_table
-from spikegpt_deploy.crosscheck.sanafe_net import arch_description, chip_groups, place
+from spikegpt_deploy.crosscheck.sanafe_net import arch_description, assign_cores, chip_groups
+from spikegpt_deploy.placement import Mesh
+from spikegpt_deploy.profiling import core_mapping
 
 ISOLATION = """
 import sys
@@ -54,9 +56,12 @@ def test_missing_sanafe_says_how_to_install(tmp_path: Path,
 
 
 def test_arch_carries_the_profile_figures() -> None:
-    arch = arch_description(load_profile("loihi"), cores=9)["architecture"]
+    profile = load_profile("loihi")
+    mesh = Mesh.for_cores(9, profile.capacity_count("cores_per_tile"), 128)
+    arch = arch_description(profile, mesh)["architecture"]
     assert (arch["attributes"]["width"], arch["attributes"]["height"]) == (2, 2)  # 3 tiles
     core = arch["tile"][0]["core"][0]
+    assert core["name"] == "core[0..3]"
     lif = core["soma"][0]["attributes"]
     assert lif["energy_access_neuron"] == pytest.approx(52e-12)          # idle update
     assert lif["energy_access_neuron"] + lif["energy_update_neuron"] == pytest.approx(81e-12)
@@ -89,7 +94,13 @@ def test_groups_replay_spikes_and_map_every_synapse(shipped_bundle: Path) -> Non
     W = ir.node("head.spikes")["params"]["weight"]
     assert head.neurons == W.shape[0] and head.inputs[0][1].shape[1] == np.count_nonzero(W)
     assert by_name["blocks.0.lif1.soma"].force_update
-    assert place(groups, 1024) == len(groups) + sum(g.neurons > 1024 for g in groups)
+    # the groups sit on the profiler's placement: a node's receivers and its replayed spikes on
+    # the node's cores, the host's spikes on injection cores of their own
+    assign_cores(groups, core_mapping(ir, load_profile("loihi"))["placement"])
+    assert by_name["blocks.0.lif1.out"].cores == by_name["blocks.0.lif1.soma"].cores
+    assert by_name["blocks.1.ln1.counts.out"].cores == by_name["blocks.1.ln1.counts.acc"].cores
+    emb = set(by_name["emb.heaviside.out"].cores)
+    assert emb and not emb & {c for g in groups if g.node != "emb.heaviside" for c in g.cores}
 
 
 def test_crosscheck_shipped_model_within_goals(shipped_bundle: Path, tmp_path: Path) -> None:
@@ -103,14 +114,16 @@ def test_crosscheck_shipped_model_within_goals(shipped_bundle: Path, tmp_path: P
     report = json.loads(result.stdout)
     assert {p.name for p in out.iterdir()} == {"arch.yaml", "snn.yaml", "crosscheck.json"}
     assert 0.9 <= report["total"]["ratio"] <= 1.1
+    assert {row["layer"] for row in report["layers"]} >= {"emb", "blocks.0", "head"}
     for row in report["layers"]:
         ours, theirs = row["ours"], row["sanafe"]
         # the same synaptic events and neuron updates on both sides: exact up to rounding
         assert ours["synaptic"] == pytest.approx(theirs["synaptic"], rel=1e-9), row["layer"]
         assert ours["neuron"] == pytest.approx(theirs["neuron"], rel=1e-9), row["layer"]
-        if row["layer"] != "emb":   # emb's energy is messages only: hop counts of the placement
-            assert 0.9 <= row["ratio"] <= 1.1, row
-    assert report["latency"]["sanafe_ns"] > 0
+        # messages travel the same placement on both sides: each layer's own hop distance
+        assert row["ours_hops"] == pytest.approx(row["sanafe_hops"], rel=1e-9), row["layer"]
+        assert 0.9 <= row["ratio"] <= 1.1, row
+    assert 0.75 <= report["latency"]["ratio"] <= 1.25
     table = render_table(report)
     assert "SANA-FE" in table
     assert any(line.split()[:1] == ["total"] for line in table.splitlines())

@@ -26,7 +26,8 @@ from .common import (cluster, cluster_options, echo_json, handle_errors, json_op
               help="Chip timesteps per generated token (default: the decode regime of the "
               "simulated schedule).")
 @click.option("--hops", type=float, default=None,
-              help="Mesh hops per spike message (default: mean distance on the mapped mesh).")
+              help="Mesh hops per spike message for every layer (default: each layer's own, "
+              "from the placement of its sources and readers on the mapped mesh).")
 @click.option("--sensitivity-factor", default=2.0, show_default=True, type=float)
 @click.option("--precision", type=click.Choice(["float", "fixed"]), default="fixed",
               show_default=True, help="For a bundle: the Lava precision of the recording run.")

@@ -27,27 +27,26 @@ from typing import Any, Iterator
 from hw_profiles import HardwareProfile, load_profile
 
 from ..errors import DataError
-from .sanafe_net import EPS, CrossCheckError, Group, arch_description, chip_groups, place, \
-    write_arch
+from ..optional import install_line, require
+from ..placement import mesh_of
+from .sanafe_net import EPS, CrossCheckError, Group, arch_description, assign_cores, \
+    chip_groups, core_of_neurons, write_arch
 
 __all__ = ["CrossCheckError", "INSTALL_HINT", "crosscheck_bundle", "import_sanafe",
            "render_table", "run_sanafe", "write_result"]
 
 log = logging.getLogger(__name__)
-INSTALL_HINT = "pip install 'spikegpt-deploy[crosscheck]'"
+INSTALL_HINT = install_line("crosscheck")
 COMPARED_TERMS = ("synaptic", "neuron_active", "neuron_idle", "spike_local", "spike_hop")
 
 
 def import_sanafe() -> Any:
-    try:
-        import sanafe
-    except ImportError:
-        raise CrossCheckError(f"--simulator sanafe needs SANA-FE (GPL-3.0), which is not "
-                              f"installed; install it with: {INSTALL_HINT}") from None
-    return sanafe
+    return require("sanafe", "crosscheck", "--simulator sanafe needs SANA-FE (GPL-3.0)",
+                   CrossCheckError)
 
 
 def _build(sanafe: Any, groups: list[Group], arch: Any, per_core: int) -> Any:
+    """The SANA-FE network of ``groups`` on ``arch``'s cores (core id = placement core)."""
     cores = arch.cores()
     net = sanafe.Network()
     made: dict[str, Any] = {}
@@ -64,8 +63,8 @@ def _build(sanafe: Any, groups: list[Group], arch: Any, per_core: int) -> Any:
             attrs = dict(receiver, force_update=True) if g.force_update else receiver
             grp = net.create_neuron_group(g.name, g.neurons, model_attributes=attrs,
                                           soma_hw_name="lif", log_spikes=True)
-        for i, neuron in enumerate(grp.neurons):
-            neuron.map_to_core(cores[g.cores[i // per_core]])
+        for neuron, core in zip(grp.neurons, core_of_neurons(g)):
+            neuron.map_to_core(cores[core])
         made[g.name] = grp
     for g in groups:
         for source, pairs in g.inputs:
@@ -75,13 +74,15 @@ def _build(sanafe: Any, groups: list[Group], arch: Any, per_core: int) -> Any:
 
 
 def run_sanafe(groups: list[Group], profile: HardwareProfile, tokens: int,
-               out_dir: Path) -> dict[str, Any]:
-    """Write arch.yaml and snn.yaml into ``out_dir``, simulate ``tokens`` + 1 timesteps (the
-    last integrates the last token's messages) and attribute SANA-FE's events to layers."""
+               out_dir: Path, placement: dict[str, Any]) -> dict[str, Any]:
+    """Write arch.yaml and snn.yaml into ``out_dir`` (groups on the cores of ``placement``,
+    ``placement.place``), simulate ``tokens`` + 1 timesteps (the last integrates the last
+    token's messages) and attribute SANA-FE's events to layers."""
     sanafe = import_sanafe()
     per_core = int(profile.quantity("capacity", "neurons_per_core").to("count"))
-    n_cores = place(groups, per_core)
-    arch_path = write_arch(arch_description(profile, n_cores), out_dir / "arch.yaml")
+    assign_cores(groups, placement)
+    arch_path = write_arch(arch_description(profile, mesh_of(placement)),
+                           out_dir / "arch.yaml")
     arch = sanafe.load_arch(str(arch_path))
     net = _build(sanafe, groups, arch, per_core)
     net.save(str(out_dir / "snn.yaml"))
@@ -174,6 +175,7 @@ def _ours(counts: Any, profile: HardwareProfile, timesteps: float,
                          "payload": row.get("payload"), "chip": sum(parts.values())}
     return {"layers": layers, "latency_ns": step.get("timestep_ns"),
             "hops_per_message": price["mapping"]["hops_per_message"],
+            "hops_per_layer": price["mapping"]["hops_per_layer"],
             "timesteps_per_token": price["timesteps_per_token"]}
 
 
@@ -204,11 +206,15 @@ def crosscheck_bundle(bundle_path: str | Path, data: str, tokens: int,
     counts = count_ops(bundle.ir, run.spikes)
     from ..profiling import core_mapping
 
-    ours = _ours(counts, prof, float(run.timesteps_per_token), core_mapping(bundle.ir, prof))
+    mapping = core_mapping(bundle.ir, prof)
+    if mapping is None:
+        raise CrossCheckError(f"profile {prof.name!r} cannot map the bundle onto cores (a "
+                              f"[capacity] figure is missing); the cross-check needs the mapping")
+    ours = _ours(counts, prof, float(run.timesteps_per_token), mapping)
     groups = chip_groups(bundle.ir, run.spikes)
     files: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
-        theirs = run_sanafe(groups, prof, tokens, Path(tmp))
+        theirs = run_sanafe(groups, prof, tokens, Path(tmp), mapping["placement"])
         if out_dir is not None:                       # only after SANA-FE ran
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             for f in sorted(Path(tmp).iterdir()):
@@ -217,8 +223,12 @@ def crosscheck_bundle(bundle_path: str | Path, data: str, tokens: int,
     for layer in ours["layers"]:
         a = ours["layers"][layer]["chip"]
         b = theirs["layers"].get(layer, {}).get("chip", 0.0)
+        mine = ours["hops_per_layer"].get(layer, {})
+        sim = theirs["layers"].get(layer, {})
         rows.append({"layer": layer, "ours_pj": a, "sanafe_pj": b,
                      "ratio": a / b if b else None,
+                     "ours_hops": mine.get("hops", 0.0) + mine.get("chip_hops", 0.0),
+                     "sanafe_hops": sim["hops"] / sim["packets"] if sim.get("packets") else 0.0,
                      "ours": ours["layers"][layer], "sanafe": theirs["layers"].get(layer)})
     total_ours = sum(r["ours_pj"] for r in rows)
     total_theirs = theirs["per_token_pj"]["chip"]
@@ -243,11 +253,14 @@ def render_table(result: dict[str, Any]) -> str:
     lines = [f"{result['bundle']}: {result['tokens']} tokens of {result['data']}, chip energy "
              f"per token on the {result['profile']['name']} profile's per-event figures, ours vs "
              f"SANA-FE {result['simulator']['version']}",
-             f"  {'layer':<10} {'ours (nJ)':>11} {'SANA-FE (nJ)':>13} {'ratio':>7}"]
+             f"  {'layer':<10} {'ours (nJ)':>11} {'SANA-FE (nJ)':>13} {'ratio':>7} "
+             f"{'hops/msg ours':>14} {'SANA-FE':>8}"]
     for r in [*result["layers"], {"layer": "total", **result["total"]}]:
         ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else "-"
+        hops = (f" {r['ours_hops']:>14.3f} {r['sanafe_hops']:>8.3f}" if "ours_hops" in r
+                else "")
         lines.append(f"  {r['layer']:<10} {r['ours_pj'] / 1e3:>11,.2f} "
-                     f"{r['sanafe_pj'] / 1e3:>13,.2f} {ratio:>7}")
+                     f"{r['sanafe_pj'] / 1e3:>13,.2f} {ratio:>7}{hops}")
     lat = result["latency"]
     ours = f"{lat['ours_ns'] / 1e3:,.1f} us" if lat["ours_ns"] is not None else "-"
     ratio = f"{lat['ratio']:.3f}" if lat["ratio"] is not None else "-"

@@ -10,13 +10,15 @@ the chip enter the same way). The neurons that integrate synaptic input (SpikeSu
 the readout compartments of SpikeLinears, LIFs fed from the host) are ``leaky_integrate_fire``
 somas that reset every timestep, so SANA-FE updates one exactly when it receives input (or, for
 a LIF fed dense floats by the host, always: ``force_update``). Synapses are the non-zero weights.
-Each node gets its own cores, so a packet goes to every core of every chip node that reads it.
+Groups sit on the cores of the profiler's placement (``placement.place``, the one the pricing
+routes its messages on): a node's receivers and its replayed spikes on the node's cores (they
+stand for the same neurons), the host's spikes on their injection cores, each node's neurons in
+the same contiguous blocks per core; SANA-FE's mesh is the placement's.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from hw_profiles import HardwareProfile
 
 from ..errors import DeployError
 from ..ir import HOST, IR
+from ..placement import Mesh, neuron_blocks
 from ..profiling.counts import layer_of
 
 EPS = 1e-9   # receivers fire (and reset) on any positive input; weights are all +1
@@ -41,6 +44,7 @@ class Group:
     """One SANA-FE neuron group: replayed spikes (``trains``) or receivers (``inputs``)."""
 
     name: str
+    node: str                                        # the IR node whose cores it sits on
     layer: str
     neurons: int
     trains: np.ndarray | None = None                 # (T, neurons) bool, replay groups
@@ -77,7 +81,7 @@ def chip_groups(ir: IR, spikes: dict[str, Any]) -> list[Group]:
             else:
                 raise CrossCheckError(f"chip node '{n}' ({d['op']}) feeds chip neurons; the "
                                       f"cross-check covers bundles of policy 'spikes'")
-            replay[n] = Group(f"{n}.out", layer_of(d["module"]), trains.shape[1], trains)
+            replay[n] = Group(f"{n}.out", n, layer_of(d["module"]), trains.shape[1], trains)
         return replay[n]
 
     for n in ir.topological():
@@ -90,17 +94,17 @@ def chip_groups(ir: IR, spikes: dict[str, Any]) -> list[Group]:
             if src.node in chip:
                 raise CrossCheckError(f"LIF '{n}' is fed on the chip; the cross-check covers "
                                       f"bundles of policy 'spikes'")
-            receivers.append(Group(f"{n}.soma", layer, width, force_update=True))
+            receivers.append(Group(f"{n}.soma", n, layer, width, force_update=True))
         elif d["op"] == "SpikeSum":
             one_to_one = np.stack([np.arange(width), np.arange(width)])
-            receivers.append(Group(f"{n}.acc", layer, width, inputs=[
+            receivers.append(Group(f"{n}.acc", n, layer, width, inputs=[
                 (replay_of(p.node).name, one_to_one) for p in ir.inputs(n)]))
         elif d["op"] == "SpikeLinear":
             if readers(n):
                 raise CrossCheckError(f"SpikeLinear '{n}' feeds chip neurons; the cross-check "
                                       f"covers bundles of policy 'spikes'")
             out_idx, in_idx = np.nonzero(np.asarray(d["params"]["weight"]))
-            receivers.append(Group(f"{n}.readout", layer, d["params"]["weight"].shape[0],
+            receivers.append(Group(f"{n}.readout", n, layer, d["params"]["weight"].shape[0],
                                    inputs=[(replay_of(ir.inputs(n)[0].node).name,
                                             np.stack([in_idx, out_idx]))]))
         else:
@@ -117,26 +121,29 @@ def _figure(profile: HardwareProfile, section: str, key: str, unit: str) -> floa
                               f"SANA-FE architecture needs ({exc})") from None
 
 
-def arch_description(profile: HardwareProfile, cores: int) -> dict[str, Any]:
-    """A SANA-FE architecture with the profile's per-event figures (J and s), ``cores`` cores."""
+def arch_description(profile: HardwareProfile, mesh: Mesh) -> dict[str, Any]:
+    """A SANA-FE architecture with the profile's per-event figures (J and s) on one chip's
+    ``mesh`` of the placement."""
+    if mesh.chips > 1:
+        raise CrossCheckError(f"the placement spans {mesh.chips} chips; the cross-check's "
+                              f"SANA-FE architecture is one chip's mesh")
     e = {k: _figure(profile, "energy", k, "pJ") * 1e-12 for k in (
         "synaptic_op", "neuron_update_active", "neuron_update_idle", "spike_local", "spike_hop")}
     t = {k: _figure(profile, "timing", k, "ns") * 1e-9 for k in (
         "synaptic_op", "neuron_update", "neuron_update_idle", "spike_local", "spike_hop",
         "barrier_sync")}
     per_core = int(_figure(profile, "capacity", "neurons_per_core", "count"))
-    tiles = max(1, math.ceil(cores / 4))
-    width = math.ceil(math.sqrt(tiles))
-    height = math.ceil(tiles / width)
+    width, height = mesh.width, mesh.height
     hop = {f"{k}_{d}_hop": v for d in ("north", "east", "south", "west")
            for k, v in (("energy", e["spike_hop"]), ("latency", t["spike_hop"]))}
     zero_soma = {"energy_access_neuron": 0.0, "latency_access_neuron": 0.0,
                  "energy_update_neuron": 0.0, "latency_update_neuron": 0.0,
                  "energy_spike_out": 0.0, "latency_spike_out": 0.0}
     core = {
-        "name": "core[0..3]",
+        "name": f"core[0..{mesh.cores_per_tile - 1}]",
+        # a node's neurons and their replayed spikes (the same neurons) share its cores
         "attributes": {"buffer_position": "soma", "buffer_inside_unit": False,
-                       "max_neurons_supported": per_core},
+                       "max_neurons_supported": 2 * per_core},
         "axon_in": [{"name": "axon_in", "attributes": {"energy_message_in": 0.0,
                                                        "latency_message_in": 0.0}}],
         "soma": [
@@ -167,14 +174,25 @@ def arch_description(profile: HardwareProfile, cores: int) -> dict[str, Any]:
                   "core": [core]}]}}
 
 
-def place(groups: list[Group], per_core: int) -> int:
-    """Each group on its own consecutive cores; returns the number of cores used."""
-    next_core = 0
+def assign_cores(groups: list[Group], placement: dict[str, Any]) -> None:
+    """Each group on the cores of its node in ``placement`` (``placement.place``)."""
+    units = placement["units"]
     for g in groups:
-        n = max(1, math.ceil(g.neurons / per_core))
-        g.cores = list(range(next_core, next_core + n))
-        next_core += n
-    return next_core
+        if g.node not in units:
+            raise CrossCheckError(f"node '{g.node}' has no cores in the placement")
+        if units[g.node]["neurons"] != g.neurons:
+            raise CrossCheckError(f"node '{g.node}': {g.neurons} neurons, the placement holds "
+                                  f"{units[g.node]['neurons']}")
+        g.cores = list(units[g.node]["cores"])
+
+
+def core_of_neurons(g: Group) -> list[int]:
+    """The core of each of the group's neurons: contiguous blocks, as the placement splits."""
+    out = [0] * g.neurons
+    for core, block in zip(g.cores, neuron_blocks(g.neurons, len(g.cores))):
+        for i in block:
+            out[int(i)] = core
+    return out
 
 
 def write_arch(description: dict[str, Any], path: Path) -> Path:

@@ -64,12 +64,15 @@ def graded_input_trace(ir: Any, token_ids: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def core_mapping(ir: Any, chip: HardwareProfile) -> dict[str, Any] | None:
-    """Cores per chip node (``map_resources``), or None where the profile cannot map them (a
+    """Cores per chip node (``map_resources``) with their placement on the mesh
+    (``placement.place``, under ``'placement'``), or None where the profile cannot map them (a
     missing capacity figure): the work-based timestep is then reported as unsupported."""
+    from ..placement import place
     from ..resources import map_resources
 
     try:
-        return map_resources(ir, chip)
+        resources = map_resources(ir, chip)
+        return {**resources, "placement": place(ir, resources, chip)}
     except ProfileError as exc:
         log.info("no core mapping on %s: %s", chip.name, exc)
         return None

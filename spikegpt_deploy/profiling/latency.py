@@ -8,8 +8,8 @@ of its resource terms (they overlap in the core's pipeline), and the barrier end
     core time    = max(synaptic ops x T[synaptic_op],                       -> 'synapses'
                        active x T[neuron_update] + idle x T[neuron_update_idle],  -> 'neurons'
                        spikes sent x T[spike_local])                         -> 'messages'
-    timestep     = max over cores (core time) + hops x T[spike_hop]
-                   + chip hops x T[chip_hop] + T[barrier_sync]
+    timestep     = max over cores (core time) + network + T[barrier_sync]
+    network      = max over layers (hops x T[spike_hop] + chip hops x T[chip_hop])
     token        = timesteps x timestep + host compute + chip-host transfers   (separate terms)
     host compute = sum over op kinds of host ops per token x T_host[kind]
     transfers    = crossings per token x T[chip_io_crossing] + bytes per token x T[chip_io_byte]
@@ -23,7 +23,10 @@ per token, so a core's per-token work falls into one timestep; charging every ti
 slowest core is exact when the pipeline is full (one token per layer per timestep) and an upper
 bound when a single token crosses it. ``token_latency`` takes the number of timesteps as input,
 so a caller can price any schedule (e.g. a prompt pipelined at one timestep per token, or a
-generated token that waits for the whole pipeline).
+generated token that waits for the whole pipeline). A layer's hops are the mean distance its
+spike messages travel on the placement (``placement.py``: between tiles, and between chips);
+the network term is the layer whose messages travel farthest, since the barrier waits for every
+message.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
+
+from ..placement import Route
 
 BOUNDS = ("synapses", "neurons", "messages")
 WORK_TIMES = ("synaptic_op", "neuron_update", "neuron_update_idle", "spike_local", "spike_hop",
@@ -95,6 +100,7 @@ class TimestepLatency:
     nodes: dict[str, CoreTime] = field(default_factory=dict)
     cores: int = 0
     fixed_ns: float | None = None
+    network_layer: str | None = None     # the layer whose messages set the network term
 
     @property
     def timestep_ns(self) -> float:
@@ -106,6 +112,7 @@ class TimestepLatency:
         return {"model": self.model, "timestep_ns": self.timestep_ns,
                 "compute_ns": self.compute_ns, "network_ns": self.network_ns,
                 "barrier_ns": self.barrier_ns, "hops": self.hops, "chip_hops": self.chip_hops,
+                "network_layer": self.network_layer,
                 "cores": self.cores, "fixed_ns": self.fixed_ns,
                 "critical": self.critical.to_dict() if self.critical else None,
                 "layers": {k: c.to_dict() for k, c in self.layers.items()},
@@ -169,10 +176,11 @@ def mean_mesh_distance(n: int) -> float:
     return 2 * (side * side - 1) / (3 * side)
 
 
-def timestep_latency(cores: list[CoreTime], times_ns: Mapping[str, float], hops: float,
-                     chips: int) -> TimestepLatency:
-    """The work-based timestep (see the module docstring). ``times_ns`` also needs spike_hop,
-    barrier_sync and, for several chips, chip_hop (mean hops between chips on a square grid)."""
+def timestep_latency(cores: list[CoreTime], times_ns: Mapping[str, float],
+                     routes: Mapping[str, Route]) -> TimestepLatency:
+    """The work-based timestep (see the module docstring). ``routes``: layer -> the mean hops
+    of its messages; ``times_ns`` also needs spike_hop, barrier_sync and, where messages cross
+    chips, chip_hop (else a chip hop is timed as a mesh hop)."""
     critical = max(cores, key=lambda c: c.time_ns, default=None)
     layers: dict[str, CoreTime] = {}
     nodes: dict[str, CoreTime] = {}
@@ -180,12 +188,16 @@ def timestep_latency(cores: list[CoreTime], times_ns: Mapping[str, float], hops:
         for table, key in ((layers, c.layer), (nodes, c.node)):
             if key not in table or c.time_ns > table[key].time_ns:
                 table[key] = c
-    chip_hops = mean_mesh_distance(chips) if chips > 1 else 0.0
-    network = hops * times_ns["spike_hop"] + chip_hops * times_ns.get("chip_hop",
-                                                                     times_ns["spike_hop"])
-    return TimestepLatency("work", critical.time_ns if critical else 0.0, network,
-                           times_ns["barrier_sync"], hops, chip_hops, critical, layers, nodes,
-                           len(cores))
+    chip_hop = times_ns.get("chip_hop", times_ns["spike_hop"])
+
+    def network(r: Route) -> float:
+        return r.hops * times_ns["spike_hop"] + r.chip_hops * chip_hop
+
+    far = max(routes, key=lambda k: network(routes[k]), default=None)
+    r = routes[far] if far is not None else Route(0.0, 0.0)
+    return TimestepLatency("work", critical.time_ns if critical else 0.0, network(r),
+                           times_ns["barrier_sync"], r.hops, r.chip_hops, critical, layers,
+                           nodes, len(cores), network_layer=far)
 
 
 def fixed_timestep(tick_ns: float) -> TimestepLatency:

@@ -84,7 +84,19 @@ def merge_counts(parts: Sequence[OpCounts]) -> OpCounts:
                     layers=list(first.layers), layer_totals=totals, host_ops=first.host_ops,
                     per_token=per_token, pipeline=first.pipeline, mapping=first.mapping,
                     ann=first.ann, unsupported=unsupported,
+                    messages=_merge_messages([p.messages for p in parts]),
                     neuron_work=_merge_work([p.neuron_work for p in parts]), **merged)
+
+
+def _merge_messages(parts: Sequence[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """Spike messages per layer and source: the counts add up."""
+    out: dict[str, dict[str, int]] = {}
+    for p in parts:
+        for layer, sources in p.items():
+            row = out.setdefault(layer, {})
+            for source, n in sources.items():
+                row[source] = row.get(source, 0) + n
+    return out
 
 
 def _merge_work(parts: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DeployError
+from ..optional import require
 
 log = logging.getLogger(__name__)
-MISSING = ("NeuroBench is not installed; --neurobench needs the optional extra: pip install -c "
-           "constraints.txt 'spikegpt-deploy[neurobench]' (neurobench 2.3.0)")
+NEEDED_BY = "--neurobench needs NeuroBench 2.3.0 (the optional extra [neurobench])"
 
 
 class _SpikeProbe(nn.Identity):
@@ -48,14 +47,12 @@ class _HookView:
 
 def require_neurobench() -> dict[str, Any]:
     """NeuroBench's metric classes; DeployError with the install command if it is missing."""
-    try:
-        from neurobench.metrics.static import ConnectionSparsity, Footprint
-        from neurobench.metrics.workload import ActivationSparsity, SynapticOperations
-        from neurobench.models import TorchModel
-    except ImportError:
-        raise DeployError(MISSING) from None
-    return {"TorchModel": TorchModel, "Footprint": Footprint, "SynOps": SynapticOperations,
-            "ConnectionSparsity": ConnectionSparsity, "ActivationSparsity": ActivationSparsity}
+    static, workload, models = (require(m, "neurobench", NEEDED_BY, constrained=True) for m in (
+        "neurobench.metrics.static", "neurobench.metrics.workload", "neurobench.models"))
+    return {"TorchModel": models.TorchModel, "Footprint": static.Footprint,
+            "SynOps": workload.SynapticOperations,
+            "ConnectionSparsity": static.ConnectionSparsity,
+            "ActivationSparsity": workload.ActivationSparsity}
 
 
 def _safe(fn: Callable[[], Any]) -> tuple[Any, str]:

@@ -5,7 +5,8 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
 
 - chip dynamic = (synaptic_ops + accumulate_ops) x E[synaptic_op]
   + active x E[neuron_update_active] + idle x E[neuron_update_idle]
-  + spike_messages x (E[spike_local] + hops x E[spike_hop]) + payload_bits x E[graded_payload_bit]
+  + spike_messages x (E[spike_local] + hops x E[spike_hop]) + payload_bits x E[graded_payload_bit],
+  with each layer's messages at its own hops (``network.py``)
 - chip static = chips x P[static_power] x token latency; the latency (``latency.py``) is
   timesteps x the work-based timestep (the slowest core, network hops, barrier) + host compute
   time (host ops x the host-timing profile's time per op, default ``cpu``) + chip-host
@@ -21,94 +22,38 @@ Per token, for a chip target (all in pJ; figures from the target's TOML, host op
 - host = sum over kinds of count x E_host[kind] (``lookup_byte`` priced as ``memory_byte``)
 - I/O = chip-host bytes x E[chip_io_byte]
 
-Hop assumption: the chip part is placed on the mapping's cores (``resources.map_resources``
-when given, else the larger of neurons / neurons_per_core and synapse bits /
-synaptic_memory_per_core at weight_bits_max), laid out as a square mesh per chip; a message
-travels the mean Manhattan distance between two random cores of that mesh, 2 (s^2 - 1) / (3 s)
-hops for side s (0 for one core). Past one chip, the energy prices inter-chip links as on-chip
-hops (a stated lower bound); the timestep adds the mean distance between chips.
-
-The ANN baseline prices ``ann_op_counts`` on a host or ann profile (cmos45nm, gpu). The paper's
-formula is shown beside: E_ANN = MACs x E_MAC, E_SNN = 0.15 x MACs x E_AC with E_MAC =
-cmos45nm mac (4.6 pJ) and E_AC = cmos45nm add (0.9 pJ). A figure a profile lacks makes its term
+The ANN baseline and the paper's formula: ``baselines.py``; figures and their provenance:
+``figures.py``; profile.json: ``result.py``. A figure a profile lacks makes its term
 ``unsupported`` (with the key) and the total None; never zero.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from hw_profiles import HardwareProfile
 from hw_profiles import load_profile as _load_profile
 
 from ..errors import DataError, ProfileError
+from ..placement import Route
+from .baselines import PAPER_FIRING_RATE, PAPER_PROFILE, paper_formula, price_ann
 from .counts import OpCounts
+from .figures import PRICE_KEY, Figures, load_host
 from .latency import (WORK_TIMES, core_times, fixed_timestep, host_time_ns, io_time_ns,
-                      mean_mesh_distance, timestep_latency, token_latency)
+                      timestep_latency, token_latency)
+from .network import layer_routes, mapping_estimate, message_routes
+from .result import ProfileResult
 
-PAPER_FIRING_RATE = 0.15
+__all__ = ["DEFAULT_HOST_TIMING", "PAPER_FIRING_RATE", "PAPER_PROFILE", "ProfileResult",
+           "layer_routes", "load_host", "mapping_estimate", "paper_formula", "price_ann",
+           "price_target"]
+
 # the prompt length the TTFT is stated for (the 500-token input of Abreu et al. 2025's Loihi 2
 # time-to-first-token comparison)
 DEFAULT_PROMPT_TOKENS = 500
-PAPER_PROFILE = "cmos45nm"
 DEFAULT_HOST_TIMING = "cpu"   # the profile whose [timing] gives the host's time per op
 DEFAULT_SENSITIVITY_FACTOR = 2.0
-PRICE_KEY = {"lookup_byte": "memory_byte"}   # host op kind -> [host_ops] key (else the same)
 EVENT_CLASSES = ("binary", "integer", "graded")
-
-
-class _Figures:
-    """Reads figures, remembers each one used (with provenance) and each one missing."""
-
-    def __init__(self, kind_factors: Mapping[str, float] | None = None):
-        self.kind_factors = dict(kind_factors or {})
-        self.used: dict[str, dict[str, Any]] = {}
-        self.missing: list[dict[str, str]] = []
-
-    def get(self, profile: HardwareProfile, section: str, key: str, unit: str,
-            what: str) -> float | None:
-        try:
-            q = profile.quantity(section, key)
-        except ProfileError:
-            entry = {"what": what, "profile": profile.name, "key": f"[{section}] {key}",
-                     "reason": f"profile {profile.name!r} has no [{section}] {key}"}
-            if entry not in self.missing:
-                self.missing.append(entry)
-            return None
-        self.used[f"{profile.name}:{section}.{key}"] = {
-            "profile": profile.name, "sha256": profile.sha256, "section": section, "key": key,
-            "value": q.value, "unit": q.unit, "kind": q.kind, "source": q.source}
-        return q.to(unit) * self.kind_factors.get(q.kind, 1.0)
-
-
-def mapping_estimate(counts: OpCounts, chip: HardwareProfile) -> dict[str, Any]:
-    """Cores, chips and mean hops per message for the chip part (see the module docstring)."""
-    neurons, synapses = counts.mapping.get("neurons", 0), counts.mapping.get("synapses", 0)
-    notes, cores = [], 1
-
-    def have(key: str) -> bool:
-        return key in chip.capacity
-
-    if have("neurons_per_core"):
-        cores = max(cores, math.ceil(neurons / chip.capacity_count("neurons_per_core")))
-    else:
-        notes.append("no [capacity] neurons_per_core: neuron count not used for the core count")
-    if have("synaptic_memory_per_core") and have("weight_bits_max"):
-        bits = synapses * chip.capacity_bits("weight_bits_max")
-        cores = max(cores, math.ceil(bits / chip.capacity_bits("synaptic_memory_per_core")))
-    else:
-        notes.append("no synaptic memory or weight width: synapses not used for the core count")
-    per_chip = chip.capacity_count("cores_per_chip") if have("cores_per_chip") else cores
-    chips = max(1, math.ceil(cores / per_chip))
-    side = math.ceil(math.sqrt(min(cores, per_chip)))
-    hops = 2 * (side * side - 1) / (3 * side)
-    if chips > 1:
-        notes.append(f"{chips} chips: inter-chip messages priced as on-chip hops (lower bound; "
-                     f"no inter-chip energy figure)")
-    return {"neurons": neurons, "synapses": synapses, "cores": cores, "chips": chips,
-            "mesh_side": side, "hops_per_message": hops, "notes": notes}
 
 
 def _io_bytes(counts: OpCounts, rate: float) -> dict[str, float]:
@@ -122,8 +67,8 @@ def _io_bytes(counts: OpCounts, rate: float) -> dict[str, float]:
 
 
 def _latency(counts: OpCounts, chip: HardwareProfile, host_timing: HardwareProfile,
-             cores: Mapping[str, int] | None, chips: int, timesteps: float, hops: float,
-             rate: float, f: _Figures) -> dict[str, Any]:
+             cores: Mapping[str, int] | None, chips: int, timesteps: float,
+             routes: Mapping[str, Route], rate: float, f: Figures) -> dict[str, Any]:
     """The timestep and the token's latency terms (see ``latency.py``); None where unpriced."""
     step = None
     if "timestep" in chip.timing:
@@ -138,7 +83,7 @@ def _latency(counts: OpCounts, chip: HardwareProfile, host_timing: HardwareProfi
         t = {k: f.get(chip, "timing", k, "ns", f"chip {k} time") for k in keys}
         if all(v is not None for v in t.values()):
             step = timestep_latency(core_times(counts.neuron_work, cores, counts.tokens,
-                                               t, rate), t, hops, chips)  # type: ignore[arg-type]
+                                               t, rate), t, routes)  # type: ignore[arg-type]
     ops: dict[str, float] = {}
     for layer in counts.layers:
         for kind, n in counts.host_ops.get(layer, {}).items():
@@ -162,11 +107,11 @@ def _latency(counts: OpCounts, chip: HardwareProfile, host_timing: HardwareProfi
 
 
 def _price(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, timesteps: float,
-           hops: float, chips: int, rate: float = 1.0,
+           routes: Mapping[str, Route], chips: int, rate: float = 1.0,
            kind_factors: Mapping[str, float] | None = None, *,
            host_timing: HardwareProfile | None = None,
-           cores: Mapping[str, int] | None = None) -> tuple[dict[str, Any], _Figures]:
-    f = _Figures(kind_factors)
+           cores: Mapping[str, int] | None = None) -> tuple[dict[str, Any], Figures]:
+    f = Figures(kind_factors)
 
     def energy(key: str, count: float) -> float | None:
         """count x the figure; 0 for no events (no figure needed); None if the figure is missing."""
@@ -197,16 +142,18 @@ def _price(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, times
             row["host"] = None if (price is None or row["host"] is None) else row["host"] + n * price
         row["_io_bytes"] = io.get(layer, 0.0)
         layers[layer] = row
-    for row in layers.values():
+    for layer, row in layers.items():
         msgs, bits, nbytes = row.pop("_msgs"), row.pop("_bits"), row.pop("_io_bytes")
-        row["spike_hop"] = energy("spike_hop", msgs * hops)
+        route = routes.get(layer, Route(0.0, 0.0))
+        row["spike_hop"] = energy("spike_hop", msgs * (route.hops + route.chip_hops))
         row["payload"] = energy("graded_payload_bit", bits)
         row["io"] = energy("chip_io_byte", nbytes)
         chip_terms = [row[k] for k in ("synaptic", "neuron_active", "neuron_idle", "spike_local",
                                        "spike_hop", "payload")]
         row["chip"] = sum(t for t in chip_terms if t is not None)
         row["chip_complete"] = all(t is not None for t in chip_terms)
-    latency = _latency(counts, chip, host_timing or host, cores, chips, timesteps, hops, rate, f)
+    latency = _latency(counts, chip, host_timing or host, cores, chips, timesteps, routes,
+                       rate, f)
     latency_ns = latency["token"]["total_ns"]
     p_static = f.get(chip, "energy", "static_power", "mW", "chip static power")
     static = None if (latency_ns is None or p_static is None) else chips * p_static * latency_ns
@@ -245,21 +192,15 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
                            f"needs role = chip")
     host = host or load_host(chip)
     timing = host_timing or _load_profile(DEFAULT_HOST_TIMING)
-    mapping = mapping_estimate(counts, chip)
-    cores = None
-    if resources is not None:
-        cores = {r["node"]: int(r["cores"]) for r in resources["layers"]}
-        total = int(resources["totals"]["cores"])
-        on_chip = min(total, int(resources["totals"].get("cores_per_chip") or total))
-        mapping.update(cores=total, chips=max(1, int(resources["totals"]["chips"])),
-                       mesh_side=math.ceil(math.sqrt(max(on_chip, 1))),
-                       hops_per_message=mean_mesh_distance(on_chip), mapped=True)
+    cores = None if resources is None else {r["node"]: int(r["cores"])
+                                            for r in resources["layers"]}
     steps = float(counts.pipeline["lava_timesteps"] if timesteps is None else timesteps)
-    hop = float(mapping["hops_per_message"] if hops is None else hops)
-    if steps < 0 or hop < 0 or sensitivity_factor <= 0:
+    if steps < 0 or (hops is not None and hops < 0) or sensitivity_factor <= 0:
         raise DataError("timesteps and hops must be >= 0 and the sensitivity factor > 0")
+    mapping, routes = message_routes(counts, chip, resources, hops)
+    chips = mapping["chips"]
     extra = {"host_timing": timing, "cores": cores}
-    core, figs = _price(counts, chip, host, steps, hop, mapping["chips"], **extra)
+    core, figs = _price(counts, chip, host, steps, routes, chips, **extra)
     subtotal, parts = _total(core)
     unsupported = figs.missing + [dict(u, profile=counts.target) for u in counts.unsupported]
     k = sensitivity_factor
@@ -269,16 +210,16 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
                       ("proxy_div", {"kind_factors": {"proxy": 1 / k}}),
                       ("estimate_x", {"kind_factors": {"estimate": k}}),
                       ("estimate_div", {"kind_factors": {"estimate": 1 / k}})):
-        sens[label] = _total(_price(counts, chip, host, steps, hop, mapping["chips"],
+        sens[label] = _total(_price(counts, chip, host, steps, routes, chips,
                                     **kw, **extra)[0])[0]  # type: ignore[arg-type]
-    regimes = _regimes(counts, chip, host, steps, hop, mapping["chips"], prompt_tokens, extra)
+    regimes = _regimes(counts, chip, host, steps, routes, chips, prompt_tokens, extra)
     return {
         "target": {"name": chip.name, "title": chip.title, "sha256": chip.sha256},
         "host": {"name": host.name, "title": host.title, "sha256": host.sha256},
         "tokens": counts.tokens, "policy": counts.policy, "partitioned_for": counts.target,
         "timesteps_per_token": steps, "latency_ns": core["latency_ns"],
         "latency": core["latency"], "regimes": regimes,
-        "mapping": {**mapping, "hops_per_message": hop},
+        "mapping": mapping,
         "layers": core["layers"], "host_by_kind": core["host_by_kind"],
         "per_token": {**parts, "total": None if unsupported else subtotal,
                       "priced_subtotal": subtotal},
@@ -290,8 +231,11 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
             f"timesteps per token = {steps:g} ("
             + ("the Lava pipeline depth: Dense hops on the longest path + 1"
                if timesteps is None else "given") + ")",
-            f"{hop:.3g} hops per spike message ("
-            + ("mean Manhattan distance on the mapped mesh" if hops is None else "given") + ")",
+            f"{mapping['hops_per_message']:.3g} hops per spike message on average ("
+            + ("each layer's own, from the placement of its sources and readers"
+               if mapping["placed"]
+               else "mean Manhattan distance on the mapped mesh" if hops is None else "given")
+            + ")",
             "token latency = chip timesteps x the work-based timestep + host compute time (on "
             f"{timing.name}) + chip-host transfers, added without overlap; static power is "
             "counted over that latency",
@@ -301,7 +245,7 @@ def price_target(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile 
 
 
 def _regimes(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, decode: float,
-             hops: float, chips: int, prompt_tokens: int, extra: dict[str, Any]
+             routes: Mapping[str, Route], chips: int, prompt_tokens: int, extra: dict[str, Any]
              ) -> dict[str, Any]:
     """Energy and latency per token of prefill and decode, from the schedule's timesteps."""
     pipe = counts.pipeline
@@ -309,11 +253,11 @@ def _regimes(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, dec
     depth = float(pipe.get("depth_timesteps", decode))
     out: dict[str, Any] = {}
     for name, steps in (("prefill", prefill), ("decode", decode)):
-        core, _ = _price(counts, chip, host, steps, hops, chips, **extra)
+        core, _ = _price(counts, chip, host, steps, routes, chips, **extra)
         out[name] = {"timesteps_per_token": steps, "tokens_per_timestep": 1.0 / max(steps, 1e-9),
                      "energy_per_token_pj": _total(core)[0], "latency_per_token_ns":
                      core["latency_ns"], "static_per_token_pj": core["static"]}
-    one = _price(counts, chip, host, depth, hops, chips, **extra)[0]["latency_ns"]
+    one = _price(counts, chip, host, depth, routes, chips, **extra)[0]["latency_ns"]
     ttft_steps = (max(int(prompt_tokens), 1) - 1) * prefill + depth
     pre = out["prefill"]["latency_per_token_ns"]
     out["depth_latency_ns"] = one
@@ -321,113 +265,3 @@ def _regimes(counts: OpCounts, chip: HardwareProfile, host: HardwareProfile, dec
                           ttft_ns=None if one is None or pre is None
                           else (max(int(prompt_tokens), 1) - 1) * pre + one)
     return out
-
-
-def load_host(chip: HardwareProfile, override: str | None = None) -> HardwareProfile:
-    """The host profile: ``override`` (a name or path), else the chip's ``default_host``."""
-    name = override or chip.default_host
-    if not name:
-        raise ProfileError(f"profile {chip.name!r} has no [meta] default_host; pass a host "
-                           f"profile (--host-profile cmos45nm)")
-    host = _load_profile(name)
-    if host.role not in ("host", "ann"):
-        raise ProfileError(f"host profile {host.name!r} has role {host.role!r}; expected host")
-    return host
-
-
-def price_ann(ann: Mapping[str, Any], profile: HardwareProfile) -> dict[str, Any]:
-    """Per-token energy of the dense ANN (``OpCounts.ann``) on a host or ann profile."""
-    f = _Figures()
-    by_kind: dict[str, float] = {}
-    for kind, n in ann["total"].items():
-        price = f.get(profile, "host_ops", PRICE_KEY.get(kind, kind), "pJ", f"ANN {kind}")
-        if price is not None:
-            by_kind[kind] = n * price
-    layers = {}
-    for layer, kinds in ann["layers"].items():
-        layers[layer] = sum(by_kind.get(k, 0.0) / ann["total"][k] * n
-                            for k, n in kinds.items() if ann["total"].get(k))
-    subtotal = sum(by_kind.values())
-    return {"profile": {"name": profile.name, "title": profile.title, "sha256": profile.sha256},
-            "macs": ann["macs"], "by_kind": by_kind, "layers": layers,
-            "per_token": {"total": None if f.missing else subtotal, "priced_subtotal": subtotal},
-            "complete": not f.missing, "unsupported": f.missing,
-            "figures": list(f.used.values())}
-
-
-def paper_formula(counts: OpCounts, measured: Mapping[str, Mapping[str, Any]],
-                  reference: HardwareProfile | None = None,
-                  firing_rate: float = PAPER_FIRING_RATE) -> dict[str, Any]:
-    """The SpikeGPT paper's E = ANN_ops x E_MAC vs firing_rate x ops x E_AC, beside the
-    measured per-token totals (``measured``: target -> price_target result)."""
-    ref = reference or _load_profile(PAPER_PROFILE)
-    f = _Figures()
-    e_mac = f.get(ref, "host_ops", "mac", "pJ", "paper E_MAC")
-    e_ac = f.get(ref, "host_ops", "add", "pJ", "paper E_AC")
-    if e_mac is None or e_ac is None:
-        raise ProfileError(f"profile {ref.name!r} needs [host_ops] mac and add for the paper's "
-                           f"formula")
-    macs = counts.ann["macs"]
-    lif = [p for p in counts.populations.values() if p["op"] == "LIF"]
-    neuron_tokens = sum(p["neurons"] for p in lif) * counts.tokens
-    rate = sum(p["spikes"] for p in lif) / neuron_tokens if neuron_tokens else 0.0
-    snn = firing_rate * macs * e_ac
-    return {"profile": {"name": ref.name, "sha256": ref.sha256}, "firing_rate": firing_rate,
-            "e_mac_pj": e_mac, "e_ac_pj": e_ac, "ann_ops": macs, "ann_pj": macs * e_mac,
-            "snn_pj": snn, "ann_over_snn": (macs * e_mac) / snn if snn else None,
-            "measured_lif_rate": rate, "snn_pj_at_measured_rate": rate * macs * e_ac,
-            "measured": {t: {"total_pj": p["per_token"]["total"],
-                             "priced_subtotal_pj": p["per_token"]["priced_subtotal"],
-                             "measured_over_paper_snn":
-                                 p["per_token"]["priced_subtotal"] / snn if snn else None}
-                         for t, p in measured.items()},
-            "figures": list(f.used.values())}
-
-
-@dataclass
-class ProfileResult:
-    """What ``profile_model`` measured and priced: the content of profile.json.
-
-    counts: target -> OpCounts (targets sharing a placement share the object); prices: target ->
-    price_target result, or {'unsupported': reason} for a target that cannot run the model;
-    ann: profile -> price_ann result; paper: paper_formula; meta: model, data, options.
-    """
-
-    meta: dict[str, Any]
-    counts: dict[str, OpCounts]
-    prices: dict[str, dict[str, Any]]
-    ann: dict[str, dict[str, Any]]
-    paper: dict[str, Any]
-    format: str = "spikegpt-deploy-profile/1"
-    notes: list[str] = field(default_factory=list)
-    neurobench: dict[str, Any] | None = None   # neurobench_compare, when asked for
-
-    @property
-    def primary(self) -> str:
-        """The first chip target (the one the tables detail)."""
-        return next(iter(self.counts))
-
-    def to_dict(self) -> dict[str, Any]:
-        counts: dict[str, Any] = {}
-        seen: dict[int, str] = {}
-        for target, c in self.counts.items():
-            counts[target] = {"same_as": seen[id(c)]} if id(c) in seen else c.to_dict()
-            seen.setdefault(id(c), target)
-        return {"format": self.format, "meta": self.meta, "counts": counts,
-                "prices": self.prices, "ann": self.ann, "paper": self.paper, "notes": self.notes,
-                **({"neurobench": self.neurobench} if self.neurobench is not None else {})}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "profile.json") -> "ProfileResult":
-        if not isinstance(data, Mapping) or data.get("format") != "spikegpt-deploy-profile/1":
-            raise DataError(f"{source}: not a spikegpt-deploy profile (expected format "
-                            f"'spikegpt-deploy-profile/1'); write one with spikegpt-deploy profile")
-        try:
-            counts: dict[str, OpCounts] = {}
-            for target, c in data["counts"].items():
-                counts[target] = counts[c["same_as"]] if "same_as" in c else OpCounts.from_dict(c)
-            return cls(dict(data["meta"]), counts, dict(data["prices"]), dict(data["ann"]),
-                       dict(data["paper"]), notes=list(data.get("notes", [])),
-                       neurobench=data.get("neurobench"))
-        except (KeyError, TypeError) as exc:
-            raise DataError(f"{source}: malformed profile ({type(exc).__name__}: {exc})") from None

@@ -47,10 +47,12 @@ def latency_terms(price: dict[str, Any]) -> list[dict[str, Any]]:
     lat = price.get("latency") or {}
     tok, step = lat.get("token") or {}, lat.get("timestep") or {}
     crit = step.get("critical") or {}
+    far = step.get("network_layer")
+    hops = f" ({far}: {step.get('hops', 0):.2f} hops)" if far else ""
     how = (f"{tok.get('timesteps', 0):g} timesteps x {fmt_time(tok.get('timestep_ns'))}"
            + (f"; slowest core {crit['name']} ({crit['bound']}-bound) "
-              f"{fmt_time(crit['time_ns'])} + network {fmt_time(step.get('network_ns'))} + "
-              f"barrier {fmt_time(step.get('barrier_ns'))}" if crit else
+              f"{fmt_time(crit['time_ns'])} + network {fmt_time(step.get('network_ns'))}"
+              f"{hops} + barrier {fmt_time(step.get('barrier_ns'))}" if crit else
               " (a fixed tick)" if step.get("model") == "fixed" else ""))
     return [{"term": "chip timesteps", "ns": tok.get("chip_ns"), "how": how},
             {"term": "host compute", "ns": tok.get("host_ns"),
