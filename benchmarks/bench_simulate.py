@@ -42,6 +42,7 @@ from spikegpt_deploy.checkpoint import load_checkpoint, save_model  # noqa: E402
 from spikegpt_deploy.data import CharTokenizer, load_corpus  # noqa: E402
 from spikegpt_deploy.errors import DeployError  # noqa: E402
 from spikegpt_deploy.sampling import SamplingOptions  # noqa: E402
+from spikegpt_deploy.simulation.schedule import PREFILL_BLOCK  # noqa: E402
 from common import random_firing_model, rnn_step_seconds  # noqa: E402
 
 PROMPT_CHARS = 16
@@ -109,7 +110,8 @@ class _QueuePort:
         return self.q.get()
 
 
-def compute_cpu_ms(bundle, ids: list[int], precision: str) -> tuple[float, float]:
+def compute_cpu_ms(bundle, ids: list[int], precision: str,
+                   block: int = PREFILL_BLOCK) -> tuple[float, float]:
     """CPU ms per teacher-forced token of the pipelined network's two runners (host, chip)
     without Lava (threads and queues in this process): the simulator's own compute, which the
     machine's load does not inflate the way it inflates wall time."""
@@ -120,12 +122,12 @@ def compute_cpu_ms(bundle, ids: list[int], precision: str) -> tuple[float, float
     from spikegpt_deploy.simulation.program import plan_pipeline
     from spikegpt_deploy.simulation.pipelined import _buffers
 
-    plan = plan_pipeline(bundle.ir, precision, ids, 0, GREEDY)
+    plan = plan_pipeline(bundle.ir, precision, ids, 0, GREEDY, block=block)
     ports = {name: _QueuePort() for name in ["syn", *(f"{d}_{r}" for d in ("cur", "spk")
                                                        for r in range(plan.chip.rounds))]}
     chip = ChipRunner(plan.chip, ports)
     host = HostPipeRunner(plan.host, ports, _buffers(plan, len(ids), 0))
-    steps = plan.schedule.num_steps(len(ids), 0)
+    steps = chip.units.num_steps  # Lava steps
     chip_cpu = [0.0]
 
     def run_chip() -> None:

@@ -71,6 +71,37 @@ def test_schedule_regimes(bundle):
     assert reg["decode"]["timesteps_per_token"] == 5.0
 
 
+def test_block_units(bundle):
+    """Block prefill: blocks of prompt tokens on consecutive Lava steps, then each generated
+    token alone, ``decode`` steps after the unit it is sampled from."""
+    s = schedule_of(load_bundle(bundle).ir)
+    assert s.units(7, 2, 3) == [(0, 0, 3), (1, 3, 3), (2, 6, 1), (7, 7, 1), (12, 8, 1)]
+    assert s.units(3, 2, 1) == [(st, k, 1) for k, st in enumerate(s.starts(3, 2))]
+    assert s.units(4, 0, 16) == [(0, 0, 4)]
+    with pytest.raises(SimulationError, match="prefill block"):
+        s.units(4, 0, 0)
+
+
+def test_block_prefill_equals_token_by_token(bundle, held_out):
+    """23 prompt tokens in blocks of 5 (which does not divide 23), then 4 generated tokens:
+    logits, spikes, traffic and the generated tokens are those of the token-by-token run
+    exactly (fixed precision), on the same chip timesteps, in fewer Lava steps."""
+    ids, greedy = held_out[:23], SamplingOptions(0.0)
+    one = simulation.simulate(bundle, ids, 4, "fixed", greedy, prefill_block=1)
+    five = simulation.simulate(bundle, ids, 4, "fixed", greedy, prefill_block=5)
+    assert five.generated_ids == one.generated_ids
+    assert np.array_equal(five.logits, one.logits)
+    assert all(np.array_equal(five.spikes[k], one.spikes[k]) for k in one.spikes)
+    assert all(np.array_equal(five.traffic[k], one.traffic[k]) for k in one.traffic)
+    assert five.num_steps == one.num_steps == 22 + 3 * 5 + 6  # the chip's timesteps
+    assert one.schedule["lava_steps"] == one.num_steps
+    assert five.schedule["lava_steps"] == 4 + 3 * 5 + 6  # 5 blocks, then 3 tokens fed back
+    assert five.schedule["prefill"] == one.schedule["prefill"]  # what the profiler prices
+    ev = evaluate_tokens(bundle, ids, "fixed", block=5)
+    assert ev.spikes_identical and ev.max_abs_logit_diff == 0.0
+    assert ev.bits_per_token == ev.reference_bits_per_token
+
+
 def test_fixed_evaluation_equals_the_emulation_exactly(bundle, held_out):
     ev = evaluate_tokens(bundle, held_out, "fixed")
     ref_logits, _ = emulator(load_bundle(bundle).ir).run(np.asarray([held_out]))

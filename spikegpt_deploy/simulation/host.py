@@ -1,15 +1,15 @@
-"""What the host process of the pipelined network does on each timestep (numpy only).
+"""What the host process of the pipelined network does on each Lava step (numpy only).
 
-``HostPipeRunner`` runs a ``simulation.program.HostProgram``: on timestep t every token k in
-flight (started on ``starts[k]``, so on phase t - starts[k]) does its phase's host nodes with the
-interpreter's own op functions (``FLOAT_OPS``), oldest token first, so that a token sampled from
-an older token's logits is embedded on the same timestep. Each token keeps its own values until
-its last phase; host state (token shift, WKV) is one per layer, read and written on one phase,
-hence in token order. Messages per timestep: receive ``syn`` (the Dense read-outs), then per
-round r run the round's nodes, send ``cur_r`` (currents, host spikes, graded inputs, encoded as
-the chip reads them) and receive ``spk_r`` (the LIF spikes); then the last round and the records.
+``HostPipeRunner`` runs a ``simulation.program.HostProgram``: on Lava step t every unit in flight
+(``schedule.StepUnits``: a token, or a block of prefill tokens, on phase t - its start) does its
+phase's host nodes with the interpreter's own op functions (``FLOAT_OPS``), token by token in
+token order, oldest unit first, so that a token sampled from an older token's logits is embedded
+on the same step. Each token keeps its own values until its last phase; host state (token
+shift, WKV) is one per layer, read and written on one phase, hence in token order. Messages per
+step, one per token slot: receive ``syn`` (the Dense read-outs), then per round r run the
+round's nodes, send ``cur_r`` (currents, host spikes, graded inputs, encoded as the chip reads
+them) and receive ``spk_r`` (the LIF spikes); then the last round and the records.
 """
-
 from __future__ import annotations
 
 import time
@@ -20,6 +20,7 @@ import numpy as np
 from ..interpreter import FLOAT_OPS
 from ..sampling import Sampler
 from .program import Entry, HostProgram, Key
+from .schedule import StepUnits
 from .stage import decode, encode
 
 F32 = np.float32
@@ -33,7 +34,7 @@ class HostPipeRunner:
                  buffers: Mapping[str, Any]) -> None:
         self.p, self.ports, self.buffers = program, ports, buffers
         self.state = {k: v.copy() for k, v in program.state_init.items()}
-        self.start_of = {s: k for k, s in enumerate(program.starts)}
+        self.units = StepUnits(program.units, program.depth)
         self.values: dict[int, dict[Key, np.ndarray]] = {}
         self.tokens = list(program.tokens)
         self.sampler = Sampler(program.sampling) if program.sampling is not None else None
@@ -56,47 +57,46 @@ class HostPipeRunner:
             out.setdefault(e.phase, []).append(e)
         return out
 
-    def active(self, t: int) -> list[tuple[int, int]]:
-        """(token, phase) of every token in flight on timestep t (0-based), oldest first."""
-        out = []
-        for phase in range(self.p.depth - 1, -1, -1):
-            k = self.start_of.get(t - phase)
-            if k is not None:
-                out.append((k, phase))
-        return out
-
     def step(self, time_step: int) -> None:
         t = int(time_step) - 1
-        active = self.active(t)
-        msg = self.ports["syn"].recv()
+        active = self.units.active(t)
+        n = self.units.slots(t)
+        msgs = [self.ports["syn"].recv() for _ in range(n)]
         t0 = time.perf_counter()
-        for k, phase in active:
-            if phase == 0:
-                self.values[k] = {}
-            vals = self.values[k]
-            for e in self.by_phase["syn"].get(phase, ()):
-                vals[e.key] = decode(np.asarray(msg[e.start:e.stop]), e.codec).reshape(1, -1)
+        for toks, phase in active:
+            for i, k in enumerate(toks):
+                if phase == 0:
+                    self.values[k] = {}
+                vals = self.values[k]
+                for e in self.by_phase["syn"].get(phase, ()):
+                    vals[e.key] = decode(np.asarray(msgs[i][e.start:e.stop]),
+                                         e.codec).reshape(1, -1)
         for r in range(self.p.rounds + 1):
-            for k, phase in active:
-                self._run(k, phase, r)
+            for toks, phase in active:
+                for k in toks:
+                    self._run(k, phase, r)
             if r == self.p.rounds:
                 break
-            out = np.zeros(self.p.cur_width[r])
-            for k, phase in active:
-                for e in self.cur[r].get(phase, ()):
-                    enc = encode(self.values[k][e.key], e.codec).reshape(-1)
-                    out[e.start:e.stop] = enc
-                    self.values[k][("sent",) + e.key] = enc  # what crossed, for the traffic
+            out = np.zeros((n, self.p.cur_width[r]))
+            for toks, phase in active:
+                for i, k in enumerate(toks):
+                    for e in self.cur[r].get(phase, ()):
+                        enc = encode(self.values[k][e.key], e.codec).reshape(-1)
+                        out[i, e.start:e.stop] = enc
+                        self.values[k][("sent",) + e.key] = enc  # what crossed, for the traffic
             self.busy_s += time.perf_counter() - t0
-            self.ports[f"cur_{r}"].send(out)
-            spikes = self.ports[f"spk_{r}"].recv()
+            for i in range(n):
+                self.ports[f"cur_{r}"].send(out[i])
+            spikes = [self.ports[f"spk_{r}"].recv() for _ in range(n)]
             t0 = time.perf_counter()
-            for k, phase in active:
-                for e in self.spk[r].get(phase, ()):
-                    self.values[k][e.key] = np.asarray(spikes[e.start:e.stop],
-                                                       dtype=F32).reshape(1, -1)
-        for k, phase in active:
-            self._finish(k, phase)
+            for toks, phase in active:
+                for i, k in enumerate(toks):
+                    for e in self.spk[r].get(phase, ()):
+                        self.values[k][e.key] = np.asarray(spikes[i][e.start:e.stop],
+                                                           dtype=F32).reshape(1, -1)
+        for toks, phase in active:
+            for k in toks:
+                self._finish(k, phase)
         self.busy_s += time.perf_counter() - t0
         self.buffers["host_busy"].array[0, 0] = self.busy_s
 

@@ -1,7 +1,9 @@
 """Run the pipelined network (``simulation.program``) in Lava and collect a SimulationResult.
 
-``run_pipelined`` feeds teacher-forced tokens one timestep apart (the schedule's interval) and
-then, when tokens are to be generated, continues autoregressively. ``evaluate_tokens`` is the
+``run_pipelined`` feeds teacher-forced tokens one timestep apart (the schedule's interval), in
+blocks of ``PREFILL_BLOCK`` tokens per Lava step (``schedule.Schedule.units``: the same chip
+timesteps, fewer and larger Lava steps, identical results), and then, when tokens are to be
+generated, continues autoregressively, one token per unit. ``evaluate_tokens`` is the
 teacher-forced run over held-out token ids: bits per token of the deployed bundle in the Lava
 simulation, with its spikes and logits compared to the numpy reference of the same precision
 (the quantized emulation for 'fixed', the float IR for 'float').
@@ -25,6 +27,7 @@ from ..passes.quantize import emulator
 from ..sampling import SamplingOptions
 from .run import SELECT_TAG
 from .program import plan_pipeline
+from .schedule import PREFILL_BLOCK, StepUnits
 
 log = logging.getLogger(__name__)
 
@@ -40,22 +43,25 @@ def _buffers(plan: Any, T: int, n_tokens: int) -> dict[str, Any]:
 
 def run_pipelined(bundle: Bundle, ids: list[int], n_tokens: int, precision: str,
                   sampling: SamplingOptions, timeout_s: float | None,
-                  stream: Any, fault: tuple[str, int] | None, t0: float) -> Any:
-    """Feed ``ids`` (pipelined) and sample ``n_tokens`` (autoregressive); ``stream`` is the
-    caller's token streamer (``simulation._TokenStream`` factory: bufs -> streamer or None)."""
+                  stream: Any, fault: tuple[str, int] | None, t0: float,
+                  block: int = PREFILL_BLOCK) -> Any:
+    """Feed ``ids`` (pipelined, ``block`` tokens per Lava step: ``Schedule.units``) and sample
+    ``n_tokens`` (autoregressive); ``stream`` is the caller's token streamer
+    (``simulation._TokenStream`` factory: bufs -> streamer or None)."""
     from .lava.procs.chip_core import build_pipeline_network
     from .lava.runner import LavaRunner
     from .run import SimulationResult, _check_memory
 
-    plan = plan_pipeline(bundle.ir, precision, ids, n_tokens, sampling, fault)
+    plan = plan_pipeline(bundle.ir, precision, ids, n_tokens, sampling, fault, block)
     T = len(ids) + max(n_tokens, 1) - 1
     _check_memory(plan, T, len(ids))
-    steps = plan.schedule.num_steps(len(ids), max(n_tokens - 1, 0))
+    steps = plan.schedule.num_steps(len(ids), max(n_tokens - 1, 0))  # the chip's timesteps
+    lava_steps = StepUnits(plan.chip.units, plan.schedule.depth).num_steps
     bufs = _buffers(plan, T, n_tokens)
     runner = LavaRunner(lambda inputs, num_steps: build_pipeline_network(plan, bufs),
                         SELECT_TAG[precision], timeout_s=timeout_s or 120.0 + 0.5 * steps)
-    log.info("simulate (pipelined): %d tokens in %d timesteps, processes %s", T, steps,
-             plan.process_counts())
+    log.info("simulate (pipelined): %d tokens in %d timesteps (%d Lava steps), processes %s",
+             T, steps, lava_steps, plan.process_counts())
     streamer = stream(bufs) if stream is not None else None
     stop = threading.Event()
     watcher = None
@@ -63,7 +69,7 @@ def run_pipelined(bundle: Bundle, ids: list[int], n_tokens: int, precision: str,
         watcher = threading.Thread(target=streamer.watch, args=(stop,), daemon=True)
         watcher.start()
     try:
-        res = runner.run(steps)
+        res = runner.run(lava_steps)
     finally:
         stop.set()
         if watcher is not None and watcher.is_alive():
@@ -86,7 +92,8 @@ def run_pipelined(bundle: Bundle, ids: list[int], n_tokens: int, precision: str,
                  "readout_s": res.readout_s, "total_run_call_s": res.total_s},
         host_compute_s={"host": float(bufs["host_busy"].read()[0, 0])})
     result.schedule = {**sch.regimes(len(ids)), "network": "pipelined",
-                       "token_done_s": [float(x) for x in times]}
+                       "prefill_block": int(block) if sch.interval == 1 else 1,
+                       "lava_steps": lava_steps, "token_done_s": [float(x) for x in times]}
     return result
 
 
@@ -111,9 +118,11 @@ class LavaEvaluation:
 
 
 def evaluate_tokens(bundle_path: str | Path, ids: list[int], precision: str = "fixed", *,
-                    timeout_s: float | None = None) -> LavaEvaluation:
-    """Teacher-forced Lava run over ``ids``: bits per token of ids[1:] and the comparison with
-    the numpy reference of the same precision (module docstring)."""
+                    timeout_s: float | None = None,
+                    block: int = PREFILL_BLOCK) -> LavaEvaluation:
+    """Teacher-forced Lava run over ``ids`` (``block`` tokens per Lava step): bits per token of
+    ids[1:] and the comparison with the numpy reference of the same precision (module
+    docstring)."""
     from .lava.runner import require_lava
     from .run import bits_per_token
 
@@ -129,7 +138,7 @@ def evaluate_tokens(bundle_path: str | Path, ids: list[int], precision: str = "f
     if bad:
         raise DataError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
     r = run_pipelined(bundle, ids, 0, precision, SamplingOptions(temperature=0.0), timeout_s,
-                      None, None, time.perf_counter())
+                      None, None, time.perf_counter(), block)
     ref = Executor(bundle.ir) if precision == "float" else emulator(bundle.ir)
     ref_logits, ref_spikes = ref.run(np.asarray([ids], dtype=np.int64))
     same = [np.array_equal(r.spikes[k], v[0]) for k, v in ref_spikes.items()]

@@ -13,7 +13,9 @@ the work of its phase; teacher-forced tokens enter every ``interval`` timesteps.
 Messages per timestep: chip -> host ``syn`` (the Dense readouts due on this timestep, one slice
 per chip linear), then per round r host -> chip ``cur_r`` (LIF currents, host spikes, graded
 inputs) and chip -> host ``spk_r`` (the spikes of the round's LIFs). A slice belongs to one node
-and so to one phase, hence to at most one token per timestep.
+and so to one phase, hence to at most one token per timestep. A Lava step of block prefill
+(``schedule.Schedule.units``) sends one message per port and token slot: slot i carries the i-th
+token of every unit in flight.
 
 Synapses: the chip linears that read the same populations (one SpikeSum, or one population)
 form a group; each population adds its spikes times its coefficient to the group's per-token
@@ -98,7 +100,7 @@ class GradedSpec:
 class ChipProgram:
     precision: str
     depth: int
-    starts: list[int]
+    units: list[tuple[int, int, int]]   # (Lava step, first token, tokens): Schedule.units
     rounds: int
     lifs: list[LifSpec]
     host_pops: list[tuple[Entry, int]]  # host population spikes in cur_<round>
@@ -113,7 +115,7 @@ class ChipProgram:
 class HostProgram:
     precision: str
     depth: int
-    starts: list[int]
+    units: list[tuple[int, int, int]]   # (Lava step, first token, tokens): Schedule.units
     rounds: int
     nodes: dict[tuple[int, int], list[HostOp]]      # (phase, round) -> ops in topological order
     syn: list[Entry]
@@ -159,10 +161,11 @@ class _Layout:
 
 
 def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
-                  sampling: SamplingOptions | None, fault: tuple[str, int] | None = None
-                  ) -> PipelinePlan:
+                  sampling: SamplingOptions | None, fault: tuple[str, int] | None = None,
+                  block: int = 1) -> PipelinePlan:
     """The two-process network that feeds ``forced`` and samples ``n_sample`` tokens (all but
-    the last fed back: ``len(forced) + n_sample - 1`` tokens cross the network)."""
+    the last fed back: ``len(forced) + n_sample - 1`` tokens cross the network), ``block``
+    teacher-forced tokens per Lava step (``Schedule.units``)."""
     fixed = precision == "fixed"
     if "partition" not in ir.passes:
         raise SimulationError("the bundle's IR is not partitioned (passes: "
@@ -331,17 +334,17 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
             raise SimulationError(f"crossing from '{c['source']}': no such node")
         traffic.append((i, key, ph[key[0]], out_codec_of.get(key, ("float",))))
         names.append(f"{c['source']}:{c['port']}:{c['direction']}")
-    starts = sch.starts(len(forced), max(n_sample - 1, 0))
+    units = sch.units(len(forced), max(n_sample - 1, 0), block)
     fault_at = None
     if fault is not None:
         if fault[0] != "host":
             raise SimulationError(f"fault hook: no host stage '{fault[0]}' (host)")
         fault_at = (int(fault[1]), 0)
-    hp = HostProgram(precision, sch.depth, starts, sch.rounds, nodes, syn.entries,
+    hp = HostProgram(precision, sch.depth, units, sch.rounds, nodes, syn.entries,
                      [c.entries for c in cur], [s.entries for s in spk], [c.width for c in cur],
                      {k: state_init[k] for k in host_states}, list(forced), n_sample,
                      Entry((lk.node, lk.port), 0, width[(lk.node, lk.port)], ph[out]), records,
                      traffic, sampling, fault_at, {"syn": syn.width})
-    cp = ChipProgram(precision, sch.depth, starts, sch.rounds, lifs, host_pops, groups, graded,
+    cp = ChipProgram(precision, sch.depth, units, sch.rounds, lifs, host_pops, groups, graded,
                      [c.width for c in cur], [s.width for s in spk], syn.width)
     return PipelinePlan(sch, cp, hp, pops, names, int(ir.config["vocab_size"]))

@@ -143,11 +143,12 @@ def simulate(bundle_path: str | Path | Bundle, prompt_ids: list[int], n_tokens: 
              precision: str = "float", sampling: SamplingOptions = SamplingOptions(), *,
              timeout_s: float | None = None, on_token: TokenCallback | None = None,
              host_layout: str = "single", fault: tuple[str, int] | None = None,
-             network: str | None = None) -> SimulationResult:
+             network: str | None = None, prefill_block: int | None = None) -> SimulationResult:
     """Feed ``prompt_ids`` and generate ``n_tokens`` tokens with the bundle in Lava.
 
     network: 'pipelined' (one chip and one host process, prompt tokens one timestep apart,
-    ``simulation.program``) or 'populations' (a Lava process per population and Dense, each
+    ``simulation.program``; prefill_block prompt tokens per Lava step, default
+    ``schedule.PREFILL_BLOCK``: same timesteps and results, fewer Lava steps) or 'populations' (a Lava process per population and Dense, each
     token run alone, ``simulation.plan``; host_layout is its layout). Default: 'pipelined',
     or 'populations' when host_layout is 'layers'.
 
@@ -159,13 +160,15 @@ def simulate(bundle_path: str | Path | Bundle, prompt_ids: list[int], n_tokens: 
     """
     bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
     return _simulate(bundle, prompt_ids, n_tokens, precision, sampling,
-                     timeout_s, on_token, host_layout, fault, time.perf_counter(), network)
+                     timeout_s, on_token, host_layout, fault, time.perf_counter(), network,
+                     prefill_block)
 
 
 def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: str,
               sampling: SamplingOptions, timeout_s: float | None, on_token: TokenCallback | None,
               host_layout: str, fault: tuple[str, int] | None, t0: float,
-              network: str | None = None) -> SimulationResult:
+              network: str | None = None, prefill_block: int | None = None
+              ) -> SimulationResult:
     from .lava.network import build_network
     from .lava.runner import LavaRunner, require_lava
 
@@ -179,10 +182,11 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
         check_real(timeout_s, "--timeout", 0.0, above=True)
     if network == "pipelined":
         from .pipelined import run_pipelined
+        from .schedule import PREFILL_BLOCK
         stream = None if on_token is None else \
             (lambda bufs: _TokenStream(bufs, len(ids) - 1, n_tokens, on_token, t0))
         return run_pipelined(bundle, ids, n_tokens, precision, sampling, timeout_s, stream,
-                             fault, t0)
+                             fault, t0, PREFILL_BLOCK if prefill_block is None else prefill_block)
     plan = plan_network(bundle.ir, precision, ids, n_tokens, sampling, fault, host_layout)
     T = len(ids) + max(n_tokens, 1) - 1
     _check_memory(plan, T, len(ids))

@@ -22,6 +22,14 @@ Tokens enter the pipeline at start timesteps:
   timestep (the sampled token's way back costs no extra timestep).
 ``depth`` = phase(logits) + 1 is a token's latency in timesteps. The profiler prices these
 counts (``regimes``); the simulator runs them.
+
+Block prefill (``units``): the simulator may carry the work of ``block`` teacher-forced tokens in
+one Lava step. Block j (tokens jB..jB+B-1) does phase p on Lava step j + p, each phase running
+its B tokens in token order, so every state is still updated token by token and the results
+are those of the token-by-token run; the chip's synapses read a block's spike counts in one
+matrix product. A Lava step then carries B chip timesteps of each phase; the chip's own
+schedule (``starts``, ``num_steps``, ``regimes``: one timestep per prompt token) is unchanged,
+and generated tokens are always units of one token.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ from typing import Any
 from ..errors import SimulationError
 from ..ir import HOST, IR, Port
 
+# Prefill tokens per Lava step: the chip's synapses read a block's spike counts in one matrix
+# product, and each host phase reuses its layer's weights across the block while they are in
+# cache (benchmarks/bench_simulate.py measures it)
+PREFILL_BLOCK = 16
 POPULATION_OPS = ("LIF", "Heaviside")
 DENSE_OPS = ("SpikeLinear", "Linear")
 PLUMBING_CHIP_OPS = ("LIF", "SpikeSum", "StateIn", "StateOut")
@@ -62,6 +74,21 @@ class Schedule:
         starts = self.starts(n_forced, n_generated)
         return (starts[-1] + self.depth) if starts else 0
 
+    def units(self, n_forced: int, n_generated: int, block: int = 1) -> list[tuple[int, int, int]]:
+        """(Lava step, first token, tokens) of each unit of work the simulator runs (module
+        docstring): teacher-forced tokens in blocks of ``block`` on consecutive Lava steps, then
+        each generated token alone, ``decode`` steps after the unit of the token before it.
+        ``block`` 1, or an ``interval`` above 1, runs every token on its own start timestep."""
+        if int(block) != block or block < 1:
+            raise SimulationError(f"prefill block {block!r}: expected a positive integer")
+        if block == 1 or self.interval != 1:
+            return [(s, k, 1) for k, s in enumerate(self.starts(n_forced, n_generated))]
+        out = [(j, k, min(block, n_forced - k))
+               for j, k in enumerate(range(0, n_forced, int(block)))]
+        for g in range(n_generated):
+            out.append((out[-1][0] + self.decode if out else 0, n_forced + g, 1))
+        return out
+
     def regimes(self, prompt_tokens: int) -> dict[str, Any]:
         """Timestep counts of the two regimes: prefill (teacher-forced) and decode."""
         ttft = (max(prompt_tokens, 1) - 1) * self.interval + self.depth
@@ -70,6 +97,29 @@ class Schedule:
                             "prompt_tokens": int(prompt_tokens), "ttft_timesteps": ttft},
                 "decode": {"timesteps_per_token": float(self.decode)},
                 "depth_timesteps": self.depth}
+
+
+class StepUnits:
+    """Which tokens each phase works on at each Lava step, for ``Schedule.units``."""
+
+    def __init__(self, units: list[tuple[int, int, int]], depth: int) -> None:
+        self._at = {int(s): range(k, k + n) for s, k, n in units}
+        self.depth = depth
+        self.num_steps = max(self._at) + depth if self._at else 0
+
+    def tokens(self, step: int, phase: int) -> range | None:
+        """The tokens on ``phase`` at Lava step ``step`` (0-based), in token order."""
+        return self._at.get(step - phase)
+
+    def active(self, step: int) -> list[tuple[range, int]]:
+        """(tokens, phase) of every unit in flight at ``step``, oldest first."""
+        return [(self._at[step - p], p) for p in range(self.depth - 1, -1, -1)
+                if step - p in self._at]
+
+    def slots(self, step: int) -> int:
+        """Messages per port at ``step``: one per token of the largest unit in flight (at
+        least one: every step exchanges its messages)."""
+        return max((len(toks) for toks, _ in self.active(step)), default=1)
 
 
 def spike_sources(ir: IR, n: str) -> list[tuple[Port, float]]:

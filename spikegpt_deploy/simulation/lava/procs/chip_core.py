@@ -32,6 +32,7 @@ from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_w
 
 from spikegpt_deploy.simulation.host import HostPipeRunner
 from spikegpt_deploy.simulation.program import ChipProgram, HostProgram, LifSpec
+from spikegpt_deploy.simulation.schedule import StepUnits
 
 MAX_ROUNDS = 4  # port pairs per direction; a ProcessModel declares its ports statically
 # below this fraction of inputs with spikes, gathering their weight rows beats a full product
@@ -83,37 +84,46 @@ def _exact_dtype(w: np.ndarray, max_input: float) -> type:
     return np.float32 if bound < 2 ** 24 else np.float64
 
 
-class ChipRunner:
-    """Runs a ``ChipProgram`` (module docstring) over ports 'syn', 'cur_<r>', 'spk_<r>'."""
+def chip_weights(program: ChipProgram) -> ty.List[np.ndarray]:
+    """Each synapse group's weights as the chip core reads them: Lava's Dense preparation, as
+    (inputs, outputs) so that the rows of the inputs that spiked are read; integer sums exact in
+    the dtype (``_exact_dtype``). Prepared once when the network is built (the forked processes
+    share them), not inside the timed run."""
+    fixed = program.precision == "fixed"
+    out = []
+    for g in program.groups:
+        w = _dense_weights(g.weights, g.weight_bits)
+        dtype = _exact_dtype(w, sum(abs(c) for _, c in g.pops)) if fixed else np.float32
+        out.append(np.ascontiguousarray(w.T, dtype=dtype))
+    return out
 
-    def __init__(self, program: ChipProgram, ports: ty.Mapping[str, ty.Any]) -> None:
+
+class ChipRunner:
+    """Runs a ``ChipProgram`` (module docstring) over ports 'syn', 'cur_<r>', 'spk_<r>'; a Lava
+    step exchanges one message per port and token slot (``StepUnits.slots``). ``weights``:
+    ``chip_weights(program)``, prepared here when not given."""
+
+    def __init__(self, program: ChipProgram, ports: ty.Mapping[str, ty.Any],
+                 weights: ty.Optional[ty.List[np.ndarray]] = None) -> None:
         self.p, self.ports = program, ports
         self.fixed = program.precision == "fixed"
-        self.start_of = {s: k for k, s in enumerate(program.starts)}
+        self.units = StepUnits(program.units, program.depth)
         self.lifs = {s.node: _lava_lif(s, self.fixed) for s in program.lifs}
         self.lif_rounds = [[s for s in program.lifs if s.round == r] for r in range(program.rounds)]
         self.pops_in_round = [[e for e, rr in program.host_pops if rr == r]
                               for r in range(program.rounds)]
-        self.feeds: dict[str, list[tuple[int, float]]] = {}
-        self.weights = []
+        self.weights = chip_weights(program) if weights is None else weights
+        self.feeds: ty.Dict[str, ty.List[ty.Tuple[int, float]]] = {}
         for gi, g in enumerate(program.groups):
-            w = _dense_weights(g.weights, g.weight_bits)
-            scale = sum(abs(c) for _, c in g.pops)
-            dtype = _exact_dtype(w, scale) if self.fixed else np.float32
-            self.weights.append(np.ascontiguousarray(w.T, dtype=dtype))  # (inputs, outputs)
             for pop, coef in g.pops:
                 self.feeds.setdefault(pop, []).append((gi, coef))
         self.graded_w = [_dense_weights(g.weights, g.weight_bits) for g in program.graded]
         self.graded_rounds = [[i for i, g in enumerate(program.graded) if g.round == r]
                               for r in range(program.rounds)]
-        self.acc: dict[tuple[int, int], np.ndarray] = {}
-        self.internal: dict[tuple[str, int], np.ndarray] = {}
-        self.pending: list[tuple[int, int]] = []  # (group, token) read out next timestep
-        self.pending_graded: list[tuple[int, np.ndarray]] = []
-        self.syn_next = np.zeros(program.syn_width)
-
-    def token_at(self, t: int, phase: int) -> int | None:
-        return self.start_of.get(t - phase)
+        self.acc: ty.Dict[ty.Tuple[int, int], np.ndarray] = {}
+        self.internal: ty.Dict[ty.Tuple[str, int], np.ndarray] = {}
+        self.pending_graded: ty.List[ty.Tuple[int, int, np.ndarray]] = []  # (spec, slot, y)
+        self.syn_next = np.zeros((self.units.slots(0), program.syn_width))
 
     def _dense(self, w: np.ndarray, x: np.ndarray, exp: int) -> np.ndarray:
         """Lava's Dense accumulation: W @ x, shifted by weight_exp under fixed precision."""
@@ -122,14 +132,16 @@ class ChipRunner:
         acc = np.rint(w @ x.astype(w.dtype)).astype(np.int64)
         return np.left_shift(acc, exp) if exp > 0 else np.right_shift(acc, -exp)
 
-    def _synapses(self, wt: np.ndarray, count: np.ndarray, exp: int) -> np.ndarray:
-        """Lava's Dense sum for a spike count, event-driven: only the inputs that spiked are
-        read (the rows of W^T); integer sums are exact in ``wt``'s dtype (``_exact_dtype``)."""
-        nz = np.flatnonzero(count)
-        if nz.size < SPARSE_FRACTION * count.size:
-            y = count[nz].astype(wt.dtype) @ wt[nz]
+    def _synapses(self, wt: np.ndarray, counts: np.ndarray, exp: int) -> np.ndarray:
+        """Lava's Dense sums for spike counts (tokens, inputs), event-driven: only the inputs
+        that spiked for some token are read (the rows of W^T), a block's tokens in one matrix
+        product; integer sums are exact in ``wt``'s dtype (``_exact_dtype``)."""
+        nz = np.flatnonzero(counts.any(axis=0))
+        x = counts[0] if counts.shape[0] == 1 else counts
+        if nz.size < SPARSE_FRACTION * counts.shape[1]:
+            y = x[..., nz].astype(wt.dtype) @ wt[nz]
         else:
-            y = count.astype(wt.dtype) @ wt
+            y = x.astype(wt.dtype) @ wt
         if not self.fixed:
             return y
         acc = np.rint(y).astype(np.int64)
@@ -145,63 +157,67 @@ class ChipRunner:
 
     def step(self, time_step: int) -> None:
         t = int(time_step) - 1
-        self.ports["syn"].send(self.syn_next)
+        n = self.units.slots(t)
+        for i in range(n):
+            self.ports["syn"].send(self.syn_next[i])
         for r in range(self.p.rounds):
-            cur = self.ports[f"cur_{r}"].recv()
-            out = np.zeros(self.p.spk_width[r])
+            cur = [self.ports[f"cur_{r}"].recv() for _ in range(n)]
+            out = np.zeros((n, self.p.spk_width[r]))
             for spec in self.lif_rounds[r]:
-                k = self.token_at(t, spec.phase)
-                if k is None:
-                    continue
-                if spec.current is not None:
-                    a_in = np.asarray(cur[spec.current.start:spec.current.stop])
-                else:
-                    a_in = self.internal.pop((spec.node, k))
-                s = _lif_step(self.lifs[spec.node], a_in, self.fixed)
-                out[spec.spikes.start:spec.spikes.stop] = s
-                self._fire(spec.node, k, s)
-            self.ports[f"spk_{r}"].send(out)
+                for i, k in enumerate(self.units.tokens(t, spec.phase) or ()):
+                    if spec.current is not None:
+                        a_in = np.asarray(cur[i][spec.current.start:spec.current.stop])
+                    else:
+                        a_in = self.internal.pop((spec.node, k))
+                    s = _lif_step(self.lifs[spec.node], a_in, self.fixed)
+                    out[i, spec.spikes.start:spec.spikes.stop] = s
+                    self._fire(spec.node, k, s)
+            for i in range(n):
+                self.ports[f"spk_{r}"].send(out[i])
             for e in self.pops_in_round[r]:
-                k = self.token_at(t, e.phase)
-                if k is not None:
-                    self._fire(e.key[0], k, np.asarray(cur[e.start:e.stop]))
-            for i in self.graded_rounds[r]:
-                g = self.p.graded[i]
-                k = self.token_at(t, g.input.phase)
-                if k is None:
-                    continue
-                y = self._dense(self.graded_w[i], np.asarray(cur[g.input.start:g.input.stop]),
-                                g.weight_exp)
-                if g.to_lif is not None:
-                    self.internal[(g.to_lif, k)] = y
-                else:
-                    self.pending_graded.append((i, y))
+                for i, k in enumerate(self.units.tokens(t, e.phase) or ()):
+                    self._fire(e.key[0], k, np.asarray(cur[i][e.start:e.stop]))
+            for gi in self.graded_rounds[r]:
+                g = self.p.graded[gi]
+                for i, k in enumerate(self.units.tokens(t, g.input.phase) or ()):
+                    y = self._dense(self.graded_w[gi],
+                                    np.asarray(cur[i][g.input.start:g.input.stop]), g.weight_exp)
+                    if g.to_lif is not None:
+                        self.internal[(g.to_lif, k)] = y
+                    else:
+                        self.pending_graded.append((gi, i, y))
         self._read_out(t + 1)
 
     def _read_out(self, t: int) -> None:
-        """The Dense outputs sent on timestep t: every group whose readout phase is due."""
-        self.syn_next = np.zeros(self.p.syn_width)
+        """The Dense outputs sent on step t: every group whose readout phase is due, for each
+        token of the unit on that phase (one row per token slot)."""
+        self.syn_next = np.zeros((self.units.slots(t), self.p.syn_width))
         for gi, g in enumerate(self.p.groups):
-            k = self.token_at(t, g.phase)
-            if k is None:
+            toks = self.units.tokens(t, g.phase)
+            if toks is None:
                 continue
-            count = self.acc.pop((gi, k), None)
-            if count is None:
-                continue  # no population fired into it: the sum is zero
+            counts = [self.acc.pop((gi, k), None) for k in toks]
+            rows = [i for i, c in enumerate(counts) if c is not None]
+            if not rows:
+                continue  # no population fired into it: the sums are zero
+            x = np.zeros((len(toks), self.weights[gi].shape[0]), np.float32)
+            for i in rows:
+                x[i] = counts[i]
             e = g.readout
-            self.syn_next[e.start:e.stop] = self._synapses(self.weights[gi], count,
-                                                           g.weight_exp)
-        for i, y in self.pending_graded:
-            e = self.p.graded[i].readout
-            self.syn_next[e.start:e.stop] = y
+            self.syn_next[:len(toks), e.start:e.stop] = self._synapses(self.weights[gi], x,
+                                                                       g.weight_exp)
+        for gi, i, y in self.pending_graded:
+            e = self.p.graded[gi].readout
+            self.syn_next[i, e.start:e.stop] = y
         self.pending_graded = []
 
 
 class ChipCore(AbstractProcess):
     """Every chip population and synapse of a ``ChipProgram`` in one Lava process."""
 
-    def __init__(self, *, program: ChipProgram, name: ty.Optional[str] = None) -> None:
-        super().__init__(program=program, name=name)
+    def __init__(self, *, program: ChipProgram, weights: ty.List[np.ndarray],
+                 name: ty.Optional[str] = None) -> None:
+        super().__init__(program=program, weights=weights, name=name)
         _ports(self, program.syn_width, program.cur_width, program.spk_width, chip=True)
 
 
@@ -237,10 +253,10 @@ def _declare(model: type, chip: bool) -> type:
 
 
 class _PipeModel(PyAsyncProcessModel):
-    """Runs its runner's ``step`` for timesteps 1..num_steps. The two processes keep the
-    timestep barrier themselves: every timestep each receives the other's messages before it
-    goes on (syn, then cur_r / spk_r per round), so Lava's per-timestep protocol round trips
-    with every process (LoihiProtocol's phases) are not needed."""
+    """Runs its runner's ``step`` for Lava steps 1..num_steps (``StepUnits.num_steps``). The two
+    processes keep the step barrier themselves: every step each receives the other's messages
+    before it goes on (syn, then cur_r / spk_r per round), so Lava's per-timestep protocol round
+    trips with every process (LoihiProtocol's phases) are not needed."""
 
     def make_runner(self, ports: ty.Dict[str, ty.Any]) -> ty.Any:
         raise NotImplementedError
@@ -262,7 +278,7 @@ class _PipeModel(PyAsyncProcessModel):
 
 class _ChipCoreModel(_PipeModel):
     def make_runner(self, ports: ty.Dict[str, ty.Any]) -> ty.Any:
-        return ChipRunner(self.proc_params["program"], ports)
+        return ChipRunner(self.proc_params["program"], ports, self.proc_params["weights"])
 
 
 class _HostPipeModel(_PipeModel):
@@ -309,7 +325,7 @@ def build_pipeline_network(plan: ty.Any, buffers: ty.Mapping[str, ty.Any]) -> ty
     """Create and connect the two processes of a ``simulation.program.PipelinePlan``."""
     from spikegpt_deploy.simulation.lava.runner import LavaNetwork
 
-    chip = ChipCore(program=plan.chip, name="chip")
+    chip = ChipCore(program=plan.chip, weights=chip_weights(plan.chip), name="chip")
     host = HostPipe(program=plan.host, buffers=dict(buffers), spk_width=plan.chip.spk_width,
                     name="host")
     chip.syn.connect(host.syn)
