@@ -1,7 +1,7 @@
 """Lava simulation speed (``simulate``, ``evaluate --backend lava``) vs the PyTorch RNN step.
 
     python benchmarks/bench_simulate.py [MODEL] [--tokens N] [--generate G] [--repeat R]
-                                        [--policy spikes|graded] [--shape 216m DIR]
+                                        [--policy spikes|graded] [--shape 216m DIR] [--block B]
 
 MODEL defaults to the shipped model (examples/spikegpt-kjv-4x128.pt; when there is none, a
 seeded random 4 x 128 char model). ``--shape 216m DIR``: the official 216M shape (random
@@ -9,11 +9,12 @@ weights, official key layout, word-level tokenizer), its bundle built once in DI
 (``benchmarks/shape_216m.py``; run under ``flock /tmp/spikegpt-216m.lock``).
 
 In one run, per precision and repeat: the pipelined network evaluates N teacher-forced tokens
-of held-out KJV text (prefill / evaluation: tokens enter one timestep apart) and generates G
-tokens greedily after a 16-character prompt (decode: each token waits for the previous one's
-logits); the PyTorch RNN step runs on the same tokens. Prints tokens/s and the ratio to PyTorch
-(goals: prefill >= 0.5x, generation >= 0.1x), processes, timesteps per token, ms per timestep and
-per process-timestep, bundle load time, and the peak memory of all Lava processes together,
+of held-out KJV text (prefill / evaluation: tokens enter one chip timestep apart, ``--block``
+of them per Lava step) and generates G tokens greedily after a 16-character prompt (decode: each
+token waits for the previous one's logits); the PyTorch RNN step runs on the same tokens. Prints
+tokens/s and the ratio to PyTorch (goals: prefill >= 0.5x, generation >= 0.1x), processes,
+timesteps per token, ms per chip timestep and per process-timestep, Lava steps, the load
+average, bundle load and network build time, and the peak memory of all Lava processes together,
 and the CPU time per token of the simulator's own compute against the PyTorch step's (wall-time
 ratios on a loaded machine favour the simulator's several processes).
 For the small model the per-population network (a process per population, each token alone)
@@ -23,6 +24,7 @@ is run once for comparison.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -188,7 +190,8 @@ def _row(label: str, rates: list[float], torch_rates: list[float], r: simulation
     print(f"  {label:<22} {statistics.median(rates):>9.1f} {statistics.median(torch_rates):>9.1f}"
           f"  {statistics.median(ratios):6.3f}x [{min(ratios):.3f}-{max(ratios):.3f}]"
           f"  {procs:>2} procs  {per_token:>4g} ts/token  {r.step_ms:7.2f} ms/ts"
-          f"  {r.step_ms / procs:7.3f} ms/proc-ts")
+          f"  {r.step_ms / procs:7.3f} ms/proc-ts  {r.schedule.get('lava_steps', r.num_steps)}"
+          " Lava steps")
 
 
 def main() -> None:
@@ -199,6 +202,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--policy", choices=["spikes", "graded"], default="spikes")
     ap.add_argument("--shape", nargs=2, metavar=("216m", "DIR"))
+    ap.add_argument("--block", type=int, default=PREFILL_BLOCK,
+                    help="prefill tokens per Lava step (1: token by token)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,20 +224,24 @@ def main() -> None:
         text = load_corpus("kjv").valid
         ids = tok.encode(text[:20 * args.tokens])[: args.tokens]
         prompt = tok.encode(text[:PROMPT_CHARS])
-        print(f"model: {model_path} ({what}); bundle {path} loads in {load_s:.1f} s", flush=True)
+        print(f"model: {model_path} ({what}); bundle {path} loads in {load_s:.1f} s; load "
+              f"average {os.getloadavg()[0]:.1f}", flush=True)
         results = {}
         for precision in ("float", "fixed"):
             pre, gen, tp, tg = [], [], [], []
             with PeakMemory() as mem:
                 for _ in range(args.repeat):
-                    rp = simulation.simulate(bundle, ids, 0, precision, GREEDY)
+                    rp = simulation.simulate(bundle, ids, 0, precision, GREEDY,
+                                             prefill_block=args.block)
                     pre.append(len(ids) / rp.timings["run_s"])
                     tp.append(len(ids) / rnn_step_seconds(loaded.model, ids))
                     rg = simulation.simulate(bundle, prompt, args.generate, precision, GREEDY)
                     gen.append(_gen_rate(rg))
                     tg.append(len(rg.token_ids) / rnn_step_seconds(loaded.model, rg.token_ids))
             results[precision] = (pre, tp, rp, gen, tg, rg, mem)
-        print(f"\n{'':<24} {'sim tok/s':>9} {'torch':>9}  {'ratio (median [min-max] of '}"
+        print(f"\nprefill: {args.block} tokens per Lava step (chip timesteps unchanged); load "
+              f"average {os.getloadavg()[0]:.1f}")
+        print(f"{'':<24} {'sim tok/s':>9} {'torch':>9}  {'ratio (median [min-max] of '}"
               f"{args.repeat})")
         for precision, (pre, tp, rp, gen, tg, rg, mem) in results.items():
             print(f"{precision}:")
@@ -241,7 +250,8 @@ def main() -> None:
             _row(f"generation ({args.generate})", gen, tg, rg,
                  rg.schedule["decode"]["timesteps_per_token"])
             host = sum(rp.host_compute_s.values())
-            print(f"    compile+start {rp.timings['compile_s']:.1f} s; host computing "
+            print(f"    network build (chip weights prepared) {rp.timings['build_s']:.1f} s, "
+                  f"compile+start {rp.timings['compile_s']:.1f} s; host computing "
                   f"{100 * host / rp.timings['run_s']:.0f}% of the prefill run; peak memory of "
                   f"the Lava processes: {mem.peak_pss_kb / 2**20:.2f} GiB PSS "
                   f"({mem.peak_rss_kb / 2**20:.2f} GiB summed RSS); firing rate emb "
@@ -250,7 +260,7 @@ def main() -> None:
                   "timesteps")
         print("CPU time per teacher-forced token (no Lava, no waiting; load-independent):")
         for precision in ("float", "fixed"):
-            host_ms, chip_ms = compute_cpu_ms(bundle, ids, precision)
+            host_ms, chip_ms = compute_cpu_ms(bundle, ids, precision, args.block)
             t_ms = torch_cpu_ms(loaded.model, ids)
             print(f"  {precision}: host {host_ms:.2f} ms + chip {chip_ms:.2f} ms vs PyTorch step "
                   f"{t_ms:.2f} ms: {t_ms / (host_ms + chip_ms):.3f}x")
