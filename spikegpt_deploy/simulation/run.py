@@ -148,9 +148,10 @@ def simulate(bundle_path: str | Path | Bundle, prompt_ids: list[int], n_tokens: 
 
     network: 'pipelined' (one chip and one host process, prompt tokens one timestep apart,
     ``simulation.program``; prefill_block prompt tokens per Lava step, default
-    ``schedule.PREFILL_BLOCK``: same timesteps and results, fewer Lava steps) or 'populations' (a Lava process per population and Dense, each
-    token run alone, ``simulation.plan``; host_layout is its layout). Default: 'pipelined',
-    or 'populations' when host_layout is 'layers'.
+    ``schedule.PREFILL_BLOCK``: same timesteps and results, fewer Lava steps) or
+    'populations' (a Lava process per population and Dense, each token run alone,
+    ``simulation.plan``; host_layout is its layout). Default: 'pipelined', or 'populations'
+    when host_layout is 'layers'.
 
     bundle_path: a bundle directory, or a loaded ``Bundle`` (to run one several times).
     precision: 'float' (Lava floating_pt models) or 'fixed' (bit-accurate fixed_pt). on_token is
