@@ -137,10 +137,7 @@ class IR:
     def remove_dead(self) -> None:
         """Drop nodes that reach no Output / StateOut, and state slots that nothing reads."""
         while True:
-            roots = [n for n in self.graph if self.node(n)["op"] in ("Output", "StateOut")]
-            live = set(roots)
-            for r in roots:
-                live |= nx.ancestors(self.graph, r)
+            live = self._live_nodes()
             dead = [n for n in self.graph if n not in live]
             for n in list(self.nodes_of("StateIn")):
                 slot = self.node(n)["attrs"]["state"]
@@ -154,6 +151,19 @@ class IR:
                 return
             self.graph.remove_nodes_from(set(dead))
 
+    def _live_nodes(self) -> set[str]:
+        """Outputs, StateOuts and their ancestors: one backward walk from all of them at once
+        (not one ``nx.ancestors`` per root, which revisits the shared trunk for every root)."""
+        pred = self.graph.pred
+        stack = [n for n, d in self.graph.nodes(data=True) if d["op"] in ("Output", "StateOut")]
+        live = set(stack)
+        while stack:
+            for u in pred[stack.pop()]:
+                if u not in live:
+                    live.add(u)
+                    stack.append(u)
+        return live
+
     def copy(self) -> "IR":
         """A copy for a pass to change: passes are copy-on-write and never mutate their input.
 
@@ -161,13 +171,13 @@ class IR:
         writes into an array in place (a pass that changes a weight stores a new array).
         """
         g = nx.MultiDiGraph()
-        g.graph.update(copy.deepcopy(self.graph.graph))
-        for n, d in self.graph.nodes(data=True):
-            g.add_node(n, **{**copy.deepcopy({k: v for k, v in d.items() if k != "params"}),
-                             "params": dict(d["params"])})
-        for u, v, d in self.graph.edges(data=True):
-            g.add_edge(u, v, **copy.deepcopy(d))
-        return IR(copy.deepcopy(self.config), g, list(self.passes))
+        g.graph.update(_copy_plain(self.graph.graph))
+        g.add_nodes_from((n, {**_copy_plain({k: v for k, v in d.items() if k != "params"}),
+                              "params": dict(d["params"])})
+                         for n, d in self.graph.nodes(data=True))
+        g.add_edges_from((u, v, k, _copy_plain(d))
+                         for u, v, k, d in self.graph.edges(keys=True, data=True))
+        return IR(_copy_plain(self.config), g, list(self.passes))
 
     def op_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -187,7 +197,11 @@ def infer_value_classes(ir: IR) -> IR:
     float: everything else. A Linear fed by a binary or integer edge is spike-driven; spec 2.9
     notes that before the LayerNorm fold none is.
     """
-    out = ir.copy()
+    return annotate_value_classes(ir.copy())
+
+
+def annotate_value_classes(out: IR) -> IR:
+    """``infer_value_classes`` on ``out`` itself (for a pass that already owns a copy)."""
     classes: dict[tuple[str, int], str] = {}
     for n in out.topological():
         data = out.node(n)
@@ -201,3 +215,21 @@ def infer_value_classes(ir: IR) -> IR:
     for u, v, key, d in out.graph.edges(keys=True, data=True):
         d["value_class"] = classes.get((u, d["src_port"]), "float")
     return out
+
+
+_PLAIN_SCALARS = (str, int, float, bool, type(None), np.generic)
+
+
+def _copy_plain(value: Any) -> Any:
+    """A deep copy of the plain values IR attributes hold (dicts, lists, tuples, scalars),
+    several times faster than ``copy.deepcopy``; anything else goes to ``copy.deepcopy``."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy_plain(v) for k, v in value.items()}
+    if kind is list:
+        return [_copy_plain(v) for v in value]
+    if kind is tuple:
+        return tuple(_copy_plain(v) for v in value)
+    if isinstance(value, _PLAIN_SCALARS):
+        return value
+    return copy.deepcopy(value)
