@@ -36,6 +36,7 @@ import torch
 from ..errors import ConversionError, DataError
 from ..ir import HOST, IR, Port
 from .op_costs import PLUMBING, ann_op_counts, op_cost
+from .weight_stats import fan_out
 
 LAYER_COUNTERS = ("spikes", "synaptic_ops", "accumulate_ops", "neuron_updates_active",
                   "neuron_updates_idle", "spike_messages", "payload_bits",
@@ -165,6 +166,11 @@ def _reached(active: np.ndarray, nz: np.ndarray, chunk: int = 256) -> np.ndarray
     return out
 
 
+def per_token_events(active: np.ndarray) -> np.ndarray:
+    """Events per token (row) of a (T, in) bool array, as int64."""
+    return active.sum(axis=1, dtype=np.int64)
+
+
 def _resident_slots(ir: IR) -> set[str]:
     """State slots read and written only by chip nodes (e.g. LIF membranes): they never leave."""
     chip = {n for n in ir.graph if ir.node(n).get("placement", HOST) != HOST}
@@ -213,6 +219,7 @@ class _Run:
                  graded_inputs: Mapping[str, Any] | None):
         self.ir, self.pops, self.T, self.graded = ir, pops, T, graded_inputs
         self.order = ir.topological()
+        self._inputs: dict[Port, tuple[np.ndarray, np.ndarray]] = {}   # see input_events
         self.chip = {n for n in self.order if ir.node(n)["placement"] != HOST}
         self.layers = sorted({layer_of(ir.node(n)["module"]) for n in self.order} - {"other"},
                              key=layer_rank)
@@ -235,6 +242,14 @@ class _Run:
         self.work[n] = {"layer": layer, "op": self.ir.node(n)["op"], **{
             k: np.asarray(arrays.get(k, zero), dtype=np.float64)
             for k in ("synaptic_ops", "active", "idle", "messages")}}
+
+    def input_events(self, port: Port) -> tuple[np.ndarray, np.ndarray]:
+        """(T, in) bool non-zero events at ``port`` and their count per input (int64), made
+        once per port: several linears read one stream."""
+        if port not in self._inputs:
+            active = self.events[port] != 0
+            self._inputs[port] = (active, active.sum(axis=0, dtype=np.int64))
+        return self._inputs[port]
 
     def skip(self, n: str, reason: str) -> None:
         self.unsupported.append({"what": f"{'chip' if n in self.chip else 'host'} node {n}",
@@ -302,7 +317,6 @@ class _Run:
     def linear(self, n: str, d: dict[str, Any], layer: str) -> None:
         (src,) = self.ir.inputs(n)
         W = d["params"]["weight"]
-        nz = W != 0
         if d["op"] == "Linear":                    # graded input from the host: needs values
             x = None if self.graded is None else self.graded.get(n)
             if x is None:
@@ -320,14 +334,22 @@ class _Run:
             bits = self.payload.get(src.node, 0)
         else:
             return self.skip(n, "its input is not a recorded population or a SpikeSum of them")
-        active_in = self.events[src] != 0
-        syn = active_in.astype(np.int64) @ nz.sum(axis=0).astype(np.int64)
-        hit = _reached(active_in, nz)
+        active_in, per_in = self.input_events(src)
+        fan = fan_out(W)
+        if fan.dense:      # every event reaches every output: no pass over the matrix
+            syn = per_token_events(active_in) * W.shape[0]
+            hit = np.repeat(active_in.any(axis=1, keepdims=True), W.shape[0], axis=1)
+            per_out = np.full(W.shape[0], per_in.sum(), dtype=np.int64)
+        else:
+            nz = W != 0
+            syn = active_in.astype(np.int64) @ fan.column_nnz
+            hit = _reached(active_in, nz)
+            per_out = nz.astype(np.int64) @ per_in
         entry = {"module": d["module"], "layer": layer, "input": kind, "source": src.node,
-                 "weight_shape": list(W.shape), "weight_nnz": int(nz.sum()),
-                 "events": int(active_in.sum()), "synaptic_ops": int(syn.sum()),
+                 "weight_shape": list(W.shape), "weight_nnz": fan.nnz,
+                 "events": int(per_in.sum()), "synaptic_ops": int(syn.sum()),
                  "payload_bits": bits, "readout_active": 0, "readout_idle": 0}
-        self.mapping["synapses"] += int(nz.sum())
+        self.mapping["synapses"] += fan.nnz
         readers = self.chip_readers(Port(n, 0))
         for r in readers:                          # chip neurons (a LIF) integrate the output
             self.reached[r] = self.reached.get(r, np.zeros_like(hit)) | hit
@@ -337,7 +359,6 @@ class _Run:
                                        "neuron_updates_idle": entry["readout_idle"]})
             self.mapping["neurons"] += W.shape[0]
         self.linears[n] = entry
-        per_out = nz.astype(np.int64) @ active_in.sum(axis=0).astype(np.int64)
         self.add_work(n, layer, synaptic_ops=per_out,
                       **({} if readers else {"active": hit.sum(axis=0),
                                              "idle": self.T - hit.sum(axis=0)}))
