@@ -97,12 +97,17 @@ class IR:
 
     def in_edges(self, node_id: str) -> list[tuple[str, str, dict[str, Any]]]:
         """The node's incoming edges (u, v, data) in input-port order."""
-        return sorted(self.graph.in_edges(node_id, data=True), key=lambda e: e[2]["dst_port"])
+        # the adjacency dicts directly: networkx's edge views cost more than the walk itself
+        # on these small per-node lists, and every pass asks for them
+        edges = [(u, node_id, d) for u, keyed in self.graph.pred.get(node_id, {}).items()
+                 for d in keyed.values()]
+        edges.sort(key=lambda e: e[2]["dst_port"])
+        return edges
 
     def consumers(self, node_id: str, port: int | None = None) -> list[tuple[str, int]]:
         """(consumer id, its input port) of the node's outputs (or of one output)."""
-        return [(v, d["dst_port"]) for _, v, d in self.graph.out_edges(node_id, data=True)
-                if port is None or d["src_port"] == port]
+        return [(v, d["dst_port"]) for v, keyed in self.graph.succ.get(node_id, {}).items()
+                for d in keyed.values() if port is None or d["src_port"] == port]
 
     def topological(self) -> list[str]:
         try:
