@@ -22,6 +22,7 @@ name such as ``lif1_v.0``) and a ``StateOut`` node that consumes the slot's next
 from __future__ import annotations
 
 import copy
+import heapq
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -99,22 +100,35 @@ class IR:
         """The node's incoming edges (u, v, data) in input-port order."""
         # the adjacency dicts directly: networkx's edge views cost more than the walk itself
         # on these small per-node lists, and every pass asks for them
-        edges = [(u, node_id, d) for u, keyed in self.graph.pred.get(node_id, {}).items()
+        edges = [(u, node_id, d) for u, keyed in self.graph._pred.get(node_id, {}).items()
                  for d in keyed.values()]
         edges.sort(key=lambda e: e[2]["dst_port"])
         return edges
 
     def consumers(self, node_id: str, port: int | None = None) -> list[tuple[str, int]]:
         """(consumer id, its input port) of the node's outputs (or of one output)."""
-        return [(v, d["dst_port"]) for v, keyed in self.graph.succ.get(node_id, {}).items()
+        return [(v, d["dst_port"]) for v, keyed in self.graph._succ.get(node_id, {}).items()
                 for d in keyed.values() if port is None or d["src_port"] == port]
 
     def topological(self) -> list[str]:
-        try:
-            return list(nx.lexicographical_topological_sort(self.graph))
-        except nx.NetworkXUnfeasible:
+        """Nodes in topological order, the smallest id first among the ready ones (the order of
+        ``nx.lexicographical_topological_sort``, on the adjacency dicts: several times faster)."""
+        succ, pred = self.graph._succ, self.graph._pred
+        indegree = {v: sum(len(keyed) for keyed in p.values()) for v, p in pred.items()}
+        ready = [v for v, d in indegree.items() if d == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            node = heapq.heappop(ready)
+            order.append(node)
+            for child, keyed in succ[node].items():
+                indegree[child] -= len(keyed)
+                if indegree[child] == 0:
+                    heapq.heappush(ready, child)
+        if len(order) != len(indegree):
             raise ConversionError("the IR has a cycle within one token; state must cross tokens "
-                                  "through StateIn/StateOut nodes") from None
+                                  "through StateIn/StateOut nodes")
+        return order
 
     def nodes_of(self, *ops: str) -> Iterator[str]:
         for n, data in self.graph.nodes(data=True):
