@@ -157,6 +157,38 @@ def test_synaptic_ops_equal_a_plain_loop(ids):
     assert count_ops(ir, spikes).to_dict() == counts.to_dict()   # a pure function
 
 
+def test_dense_matrix_shortcut_equals_the_general_count(tiny, ids, monkeypatch):
+    """A matrix without zeros is counted from per-token event counts; forcing the general path
+    (a pass over the matrix) gives the same counts and per-neuron work."""
+    import spikegpt_deploy.profiling.counts as counts_module
+    from spikegpt_deploy.profiling.weight_stats import FanOut, fan_out
+
+    ir = _chip_ir(tiny)
+    spikes = record_spikes_pytorch(tiny, ids)
+    fast = count_ops(ir, spikes)
+    assert any(fan_out(ir.node(n)["params"]["weight"]).dense for n in fast.linears)
+    monkeypatch.setattr(counts_module, "fan_out",
+                        lambda w: FanOut(fan_out(w).column_nnz, fan_out(w).nnz, False))
+    slow = count_ops(ir, spikes)
+    assert slow.to_dict() == fast.to_dict()
+    for node, work in fast.neuron_work.items():
+        for key in ("synaptic_ops", "active", "idle", "messages"):
+            np.testing.assert_array_equal(slow.neuron_work[node][key], work[key], err_msg=node)
+
+
+def test_fan_out_is_cached_per_array_and_forgotten_with_it():
+    from spikegpt_deploy.profiling import weight_stats
+
+    W = np.array([[1, 0, 2], [0, 0, 3]], dtype=np.float32)
+    first = weight_stats.fan_out(W)
+    assert first.column_nnz.tolist() == [1, 0, 2] and first.nnz == 3 and not first.dense
+    assert weight_stats.fan_out(W) is first                      # computed once
+    assert weight_stats.fan_out(W.copy()) is not first           # another array: its own entry
+    key = id(W)
+    del W
+    assert key not in weight_stats._CACHE                        # never keeps weights alive
+
+
 # ---- host-op formulas: independent count of the interpreter's numpy calls -----------------------
 KIND_OF_UFUNC = {"add": "add", "subtract": "add", "multiply": "mul", "square": "mul",
                  "true_divide": "div", "divide": "div", "maximum": "max", "exp": "exp",
