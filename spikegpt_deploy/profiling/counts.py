@@ -346,6 +346,17 @@ class _Run:
 
             def hit() -> np.ndarray:
                 return np.repeat(token_hit[:, None], width, axis=1)
+        elif fan.patterns is not None:   # few distinct rows of zeros: count per row pattern
+            live = np.stack([active_in[:, p].sum(axis=1, dtype=np.int64)
+                             for p in fan.patterns], axis=1)                # (T, patterns)
+            rows = np.bincount(fan.row_pattern, minlength=len(fan.patterns))
+            syn = live @ rows
+            pattern_hit = live > 0
+            hit_per_out = pattern_hit.sum(axis=0, dtype=np.int64)[fan.row_pattern]
+            per_out = (fan.patterns.astype(np.int64) @ per_in)[fan.row_pattern]
+
+            def hit() -> np.ndarray:
+                return pattern_hit[:, fan.row_pattern]
         else:
             nz = W != 0
             syn = active_in.astype(np.int64) @ fan.column_nnz
