@@ -12,6 +12,8 @@ One local Ray with 2 CPU slots is started; a warm-up shard on each worker loads 
 captures its graph (timed apart: a worker does it once). Then the same windows are profiled as
 1 shard (one worker busy) and as 2 shards (both workers), with ``profile_shard`` and the exact
 merge the ``profile --workers`` command uses, and the merged counts of both runs are compared.
+Each shard also reports its own CPU time: on a machine shared with other jobs, the ratio of the
+1-shard CPU time to the slowest of the 2 shards' is what 2 free cores would give.
 """
 
 from __future__ import annotations
@@ -48,14 +50,23 @@ def _make_216m(path: Path) -> None:
     save_official_state_dict(model, path)
 
 
-def _timed(source: ModelSource, windows: list, chips: list, shards: int) -> tuple[float, dict]:
+def _cpu_timed_shard(*args: object) -> tuple[float, dict]:
+    """``profile_shard`` and the CPU seconds its worker process spent on it."""
+    start = time.process_time()
+    out = profile_shard(*args)
+    return time.process_time() - start, out
+
+
+def _timed(source: ModelSource, windows: list, chips: list,
+           shards: int) -> tuple[float, dict, list[float]]:
     ranges = split_shards(len(windows), shards)
     args = [(source, windows[r.start:r.stop], chips, "spikes", 8) for r in ranges]
     start = time.perf_counter()
-    parts = run_shards(profile_shard, args, lambda i: f"shard {i + 1}")
+    timed = run_shards(_cpu_timed_shard, args, lambda i: f"shard {i + 1}")
     seconds = time.perf_counter() - start
-    merged = merge_targets(parts)
-    return seconds, {k: v.to_dict() for k, v in merged.items() if not isinstance(v, str)}
+    merged = merge_targets([part for _, part in timed])
+    return (seconds, {k: v.to_dict() for k, v in merged.items() if not isinstance(v, str)},
+            [cpu for cpu, _ in timed])
 
 
 def main() -> None:
@@ -84,13 +95,17 @@ def main() -> None:
             t0 = time.perf_counter()
             run_shards(profile_shard, [(source, [w[:2]], chips, "spikes", 8) for w in windows[:2]],
                        lambda i: f"warm-up {i + 1}")
-            print(f"warm-up (Ray workers load the model and capture it): "
+            print(f"warm-up (each Ray worker loads the model, captures and partitions it): "
                   f"{time.perf_counter() - t0:.1f} s")
-            one, counts_one = _timed(source, windows, chips, 1)
-            two, counts_two = _timed(source, windows, chips, 2)
-    print(f"1 worker : {args.tokens / one:10.1f} tokens/s ({one:.1f} s)")
-    print(f"2 workers: {args.tokens / two:10.1f} tokens/s ({two:.1f} s)")
+            one, counts_one, cpu_one = _timed(source, windows, chips, 1)
+            two, counts_two, cpu_two = _timed(source, windows, chips, 2)
+    print(f"1 worker : {args.tokens / one:10.1f} tokens/s ({one:.1f} s; shard CPU "
+          f"{cpu_one[0]:.2f} s)")
+    print(f"2 workers: {args.tokens / two:10.1f} tokens/s ({two:.1f} s; shard CPU "
+          f"{', '.join(f'{c:.2f}' for c in cpu_two)} s)")
     print(f"ratio 2 workers / 1 worker (tokens/s): {one / two:.2f}")
+    print(f"ratio by CPU time (1 shard / slowest of 2 shards): "
+          f"{sum(cpu_one) / max(cpu_two):.2f}")
     print(f"merged counts identical: {counts_one == counts_two}")
 
 

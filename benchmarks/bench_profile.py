@@ -5,7 +5,8 @@
 MODEL defaults to the shipped model; when there is none, a seeded random 4 x 128 char model with
 the corpus's vocabulary is used (its firing rates are not a trained model's, its cost is).
 Prints the plain inference rate, the profiler's rate (whole pipeline: capture, fold, partition,
-spike recording, counting, pricing) with its parts, and their ratio. With ``--lava N`` it also
+spike recording, counting, pricing) with its parts, and their ratio, in wall time and in this
+process's CPU time (on a machine shared with other jobs the CPU-time ratio is the steadier one). With ``--lava N`` it also
 converts the model and times the Lava-based count (``profile BUNDLE``: spikes recorded in the
 simulator, fixed point) on the first N tokens against the PyTorch-based count on the same tokens.
 """
@@ -62,10 +63,13 @@ def main() -> None:
           f"target {args.target}")
     rnn_step_seconds(model, ids[: min(n, 20)])                     # warm-ups (imports, allocators)
     profile_model(model, ids[: min(n, 20)], args.target)
+    cpu0 = time.process_time()
     plain = rnn_step_seconds(model, ids)
+    cpu1 = time.process_time()
     start = time.perf_counter()
     result = profile_model(model, ids, args.target)
     whole = time.perf_counter() - start
+    cpu2 = time.process_time()
     # the parts, on the IR the profile used
     from converters.torch_capture import capture_ir
     from hw_profiles import load_profile
@@ -87,6 +91,8 @@ def main() -> None:
           f"({n / (t2 - t1):.1f} tokens/s), count {t3 - t2:.3f} s "
           f"({n / (t3 - t2):.1f} tokens/s), price {t4 - t3:.3f} s")
     print(f"ratio profile / plain inference (tokens/s): {plain / whole:.3f}")
+    print(f"CPU time: plain {cpu1 - cpu0:.3f} s, profile {cpu2 - cpu1:.3f} s, "
+          f"ratio {(cpu1 - cpu0) / (cpu2 - cpu1):.3f}")
     total = result.prices[args.target]["per_token"]["priced_subtotal"]
     print(f"(per-token energy on {args.target}: {total / 1e3:.1f} nJ)")
     if args.lava:

@@ -185,6 +185,20 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
         raise ProfileError(f"{path}: cannot read the profile ({exc.strerror}); fix: check "
                            f"the path, or pass a built-in name ({', '.join(list_profiles())})"
                            ) from None
+    # The file is read every time (an edit is seen at once); parsing and validating the same
+    # bytes again would give the same immutable profile, so that is done once per content.
+    key = (str(path), hashlib.sha256(raw).hexdigest())
+    if key not in _LOADED:
+        if len(_LOADED) >= 64:
+            _LOADED.clear()
+        _LOADED[key] = _parse(raw, path, key[1])
+    return _LOADED[key]
+
+
+_LOADED: dict[tuple[str, str], HardwareProfile] = {}
+
+
+def _parse(raw: bytes, path: Path, sha256: str) -> HardwareProfile:
     try:
         data = tomli.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -196,7 +210,7 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     except RecursionError:
         raise ProfileError(f"{path}: expected flat inline tables, found TOML nested too "
                            "deeply; fix: write figures as in hw_profiles.loader") from None
-    return _build(data, path, hashlib.sha256(raw).hexdigest())
+    return _build(data, path, sha256)
 
 
 def _resolve(name_or_path: str | Path) -> Path:

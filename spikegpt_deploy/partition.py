@@ -26,7 +26,7 @@ from hw_profiles import HardwareProfile
 from . import ops
 from .errors import ConversionError
 from .interpreter import annotate_shapes
-from .ir import HOST, IR, infer_value_classes
+from .ir import HOST, IR, annotate_value_classes
 
 POLICIES = ("spikes", "graded")
 # IR op -> the capability name a profile lists in chip_ops; op -> why it stays on the host (the
@@ -69,7 +69,7 @@ def partition(ir: IR, profile: HardwareProfile, policy: str = "spikes",
         if not 1 <= graded_bits <= max_bits:
             raise ConversionError(f"--graded-bits {graded_bits} is outside 1..{max_bits} "
                                   f"(graded_spike_bits_max of '{profile.name}')")
-    out = infer_value_classes(annotate_shapes(ir))
+    out = annotate_value_classes(annotate_shapes(ir))   # annotate_shapes returns a new IR
     chip = profile.name
     for n in out.topological():
         data = out.node(n)

@@ -60,6 +60,38 @@ def test_merged_shard_counts_equal_one_count(workdir: Path) -> None:
         assert merged.to_dict() == whole[chip.name].to_dict()
 
 
+def test_a_worker_partitions_once_and_counts_as_one_process(workdir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """``profile_shard`` (what a Ray task runs) keeps the partitioned IRs of its model for the
+    worker's next shard; its counts are ``count_targets``' (no Ray)."""
+    import spikegpt_deploy.partition as partition_module
+    from spikegpt_deploy.profiling import windows as windows_module
+
+    calls: list[str] = []
+    real = partition_module.partition
+
+    def counted(ir, profile, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(profile.name)
+        return real(ir, profile, *args, **kwargs)
+
+    monkeypatch.setattr(partition_module, "partition", counted)
+    monkeypatch.setattr(windows_module, "_PARTITIONED", {})
+    source = ModelSource(str(workdir / "model.pt"))
+    model = source.open().model
+    windows = split_windows(np.arange(60) % model.config.vocab_size, 16)
+    chips = [load_profile("loihi2"), load_profile("spinnaker2")]
+    first = windows_module.profile_shard(source, windows[:2], chips, "spikes", 8)
+    second = windows_module.profile_shard(source, windows[2:], chips, "spikes", 8)
+    assert calls == ["loihi2", "spinnaker2"]                  # once per target, not per shard
+    windows_module.profile_shard(source, windows[:1], chips[:1], "graded", 8)
+    assert calls[2:] == ["loihi2"]                           # other options: partitioned anew
+    for part, ws in ((first, windows[:2]), (second, windows[2:])):
+        whole = count_targets(model, ws, chips)
+        assert {k: v.to_dict() for k, v in part.items()} == \
+            {k: v.to_dict() for k, v in whole.items()}
+
+
 def test_workers_without_ray_says_how_to_install(workdir: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)   # import ray -> ImportError

@@ -289,6 +289,29 @@ def test_passes_do_not_mutate_their_input() -> None:
     assert all("weight_q" not in d["params"] for _, d in placed.graph.nodes(data=True))
 
 
+def test_ir_graph_walks_equal_networkx() -> None:
+    """The IR's own walks over the adjacency dicts (topological order, in-edges, consumers,
+    live nodes, copy) give what networkx's views and algorithms give."""
+    import networkx as nx
+
+    for ir in (model_ir("RWKV", 2), fold_layernorm(model_ir("RWKV-ffnPre", 2))):
+        g = ir.graph
+        assert ir.topological() == list(nx.lexicographical_topological_sort(g))
+        for n in g:
+            assert ir.in_edges(n) == sorted(g.in_edges(n, data=True),
+                                            key=lambda e: e[2]["dst_port"])
+            assert sorted(ir.consumers(n)) == sorted((v, d["dst_port"])
+                                                     for _, v, d in g.out_edges(n, data=True))
+        roots = [n for n, d in g.nodes(data=True) if d["op"] in ("Output", "StateOut")]
+        assert ir._live_nodes() == set(roots).union(*(nx.ancestors(g, r) for r in roots))
+        copied = ir.copy()
+        assert sorted(copied.graph.edges(keys=True, data=True)) == sorted(
+            g.edges(keys=True, data=True)) and copied.graph.graph == g.graph
+    cyclic = IR({}, nx.MultiDiGraph([("a", "b"), ("b", "a")]))
+    with pytest.raises(ConversionError, match="cycle"):
+        cyclic.topological()
+
+
 # ---- partition only annotates --------------------------------------------------------------
 @pytest.mark.parametrize("policy", ["spikes", "graded"])
 @pytest.mark.parametrize("model_type", ["RWKV", "RWKV-ffnPre"])

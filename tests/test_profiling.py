@@ -157,6 +157,56 @@ def test_synaptic_ops_equal_a_plain_loop(ids):
     assert count_ops(ir, spikes).to_dict() == counts.to_dict()   # a pure function
 
 
+def test_row_pattern_count_equals_the_general_count(tiny, ids, monkeypatch):
+    """A matrix with few distinct rows of zeros (dense, or a fold's zero columns per half) is
+    counted per row pattern from per-token event counts; forcing the general path (a pass over
+    the matrix) gives the same counts and per-neuron work."""
+    import spikegpt_deploy.profiling.count_events as counts_module
+    from spikegpt_deploy.profiling.weight_stats import FanOut, fan_out
+
+    ir = _chip_ir(tiny)
+    linears = list(ir.nodes_of("SpikeLinear"))
+    for k, n in enumerate(linears[:6]):   # zero columns (as a fold makes them), scattered zeros
+        W = ir.node(n)["params"]["weight"].copy()
+        if k % 2:
+            W[: len(W) // 2, ::4] = 0
+        else:
+            W[np.random.RandomState(k).rand(*W.shape) < 0.3] = 0
+        ir.node(n)["params"] = {**ir.node(n)["params"], "weight": W}
+    spikes = record_spikes_pytorch(tiny, ids)
+    fast = count_ops(ir, spikes)
+    fans = [fan_out(ir.node(n)["params"]["weight"]) for n in fast.linears]
+    assert any(f.dense for f in fans) and any(f.patterns is None for f in fans)
+    assert any(f.patterns is not None and not f.dense for f in fans)
+    monkeypatch.setattr(counts_module, "fan_out",
+                        lambda w: FanOut(fan_out(w).column_nnz, fan_out(w).nnz, None, None))
+    slow = count_ops(ir, spikes)
+    assert slow.to_dict() == fast.to_dict()
+    for node, work in fast.neuron_work.items():
+        for key in ("synaptic_ops", "active", "idle", "messages"):
+            np.testing.assert_array_equal(slow.neuron_work[node][key], work[key], err_msg=node)
+
+
+def test_fan_out_is_cached_per_array_and_forgotten_with_it():
+    from spikegpt_deploy.profiling import weight_stats
+
+    W = np.array([[1, 0, 2], [0, 0, 3]], dtype=np.float32)
+    first = weight_stats.fan_out(W)
+    assert first.column_nnz.tolist() == [1, 0, 2] and first.nnz == 3 and not first.dense
+    np.testing.assert_array_equal(first.patterns[first.row_pattern], W != 0)
+    halves = np.array([[1, 0, 2], [4, 0, 3], [0, 5, 6], [0, 7, 8]], dtype=np.float32)
+    stats = weight_stats.fan_out(halves)
+    assert len(stats.patterns) == 2
+    np.testing.assert_array_equal(stats.patterns[stats.row_pattern], halves != 0)
+    many = np.eye(weight_stats.MAX_PATTERNS + 1, dtype=np.float32)
+    assert weight_stats.fan_out(many).patterns is None           # too many: the general count
+    assert weight_stats.fan_out(W) is first                      # computed once
+    assert weight_stats.fan_out(W.copy()) is not first           # another array: its own entry
+    key = id(W)
+    del W
+    assert key not in weight_stats._CACHE                        # never keeps weights alive
+
+
 # ---- host-op formulas: independent count of the interpreter's numpy calls -----------------------
 KIND_OF_UFUNC = {"add": "add", "subtract": "add", "multiply": "mul", "square": "mul",
                  "true_divide": "div", "divide": "div", "maximum": "max", "exp": "exp",

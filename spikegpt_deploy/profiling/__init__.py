@@ -18,7 +18,7 @@ from hw_profiles import HardwareProfile, load_profile
 from ..errors import ConversionError, DataError, ProfileError
 from ..inputs import check_count, check_token_ids
 from .counts import OpCounts, count_ops, layer_of, record_spikes_pytorch
-from .windows import count_targets, split_windows
+from .windows import count_targets, partition_targets, split_windows
 from .op_costs import HOST_OP_KINDS, ann_op_counts, op_cost
 from .pricing import (PAPER_FIRING_RATE, ProfileResult, load_host, paper_formula, price_ann,
                       price_target)
@@ -79,13 +79,20 @@ def core_mapping(ir: Any, chip: HardwareProfile) -> dict[str, Any] | None:
 
 
 def chip_mappings(folded: Any, chips: Sequence[HardwareProfile], policy: str,
-                  graded_bits: int = 8) -> dict[str, dict[str, Any] | None]:
+                  graded_bits: int = 8, partitioned: Mapping[str, Any] | None = None
+                  ) -> dict[str, dict[str, Any] | None]:
     """The core mapping of every target that can run the folded model (for the work-based
-    timestep); a target the partitioner refuses is left out (its price says why)."""
+    timestep); a target the partitioner refuses is left out (its price says why).
+    ``partitioned``: ``partition_targets``' result, when the caller has it."""
     from ..partition import partition
 
     out: dict[str, dict[str, Any] | None] = {}
     for chip in chips:
+        if partitioned is not None:
+            ir = partitioned[chip.name]
+            if not isinstance(ir, str):
+                out[chip.name] = core_mapping(ir, chip)
+            continue
         try:
             out[chip.name] = core_mapping(partition(folded, chip, policy, graded_bits), chip)
         except ConversionError:
@@ -112,7 +119,6 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
     """
     from converters.torch_capture import capture_ir
 
-    from ..partition import partition
     from ..passes.fold import fold_layernorm
 
     chips = chip_profiles(profile)
@@ -125,10 +131,11 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
         require_neurobench()
     ids = np.asarray(check_token_ids(token_ids, model.config.vocab_size, "token_ids"),
                      dtype=np.int64)
-    folded = fold_layernorm(capture_ir(model))
+    partitioned = partition_targets(fold_layernorm(capture_ir(model)), chips, policy,
+                                    graded_bits)
     counted = count_targets(model, split_windows(ids, window), chips, policy, graded_bits,
-                            folded=folded)
-    mappings = chip_mappings(folded, chips, policy, graded_bits)
+                            partitioned=partitioned)
+    mappings = chip_mappings(None, chips, policy, graded_bits, partitioned)
     result = assemble_result(dict(model.config.to_dict()), chips, counted, policy,
                              host_profile=host_profile, ann_profiles=ann_profiles,
                              timesteps=timesteps, hops=hops, graded_bits=graded_bits,
@@ -140,7 +147,7 @@ def profile_model(model: Any, token_ids: Sequence[int] | np.ndarray,
         first = chips[0]
         log.info("running NeuroBench's metrics on %d tokens", len(ids))
         result.neurobench = neurobench_compare(
-            model, ids, partition(folded, first, policy, graded_bits), result.counts[first.name],
+            model, ids, partitioned[first.name], result.counts[first.name],
             record_spikes_pytorch(model, ids), mappings.get(first.name))
     return result
 

@@ -15,6 +15,7 @@ from ..errors import ConversionError, DataError
 from ..ir import HOST, IR, Port
 from .counts import layer_of, layer_rank
 from .op_costs import PLUMBING, op_cost
+from .weight_stats import fan_out
 
 
 def _width(ir: IR, node: str, input_port: int = 0) -> int:
@@ -98,6 +99,7 @@ class CountRun:
                  graded_inputs: Mapping[str, Any] | None):
         self.ir, self.pops, self.T, self.graded = ir, pops, T, graded_inputs
         self.order = ir.topological()
+        self._inputs: dict[Port, tuple[np.ndarray, ...]] = {}   # see input_events
         self.chip = {n for n in self.order if ir.node(n)["placement"] != HOST}
         self.layers = sorted({layer_of(ir.node(n)["module"]) for n in self.order} - {"other"},
                              key=layer_rank)
@@ -121,6 +123,15 @@ class CountRun:
         self.work[n] = {"layer": layer, "op": self.ir.node(n)["op"], **{
             k: np.asarray(arrays.get(k, zero), dtype=np.float64)
             for k in ("synaptic_ops", "active", "idle", "messages")}}
+
+    def input_events(self, port: Port) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(T, in) bool non-zero events at ``port``, their count per input and per token
+        (int64), made once per port: several linears and accumulators read one stream."""
+        if port not in self._inputs:
+            active = self.events[port] != 0
+            self._inputs[port] = (active, active.sum(axis=0, dtype=np.int64),
+                                  active.sum(axis=1, dtype=np.int64))
+        return self._inputs[port]
 
     def skip(self, n: str, reason: str) -> None:
         self.unsupported.append({"what": f"{'chip' if n in self.chip else 'host'} node {n}",
@@ -164,34 +175,37 @@ class CountRun:
         if any(p not in self.events for p in srcs):
             return self.skip(n, "a SpikeSum input is not a recorded population")
         coeffs = d["attrs"]["coefficients"]
-        n_t = sum(int(c) * self.events[p].astype(np.int64) for c, p in zip(coeffs, srcs))
-        got = np.any([self.events[p] != 0 for p in srcs], axis=0)
+        ins = [self.input_events(p) for p in srcs]
+        n_t = np.zeros(ins[0][0].shape, dtype=np.int64)
+        for c, p in zip(coeffs, srcs):
+            n_t += int(c) * self.events[p].astype(np.int64, copy=False)
+        got = np.logical_or.reduce([active for active, _, _ in ins])
+        counted = n_t != 0
         self.events[Port(n, 0)] = n_t
         # the payload width a mapping configures: the range the coefficients allow, not the
         # range one run reached (so counts of token shards add up to the whole run's counts)
         self.payload[n] = _payload_bits(np.array([sum(min(int(c), 0) for c in coeffs),
                                                   sum(max(int(c), 0) for c in coeffs)]))
-        acc = int(sum((self.events[p] != 0).sum() for p in srcs))
+        acc = sum(int(per_in.sum()) for _, per_in, _ in ins)
         active, width = int(got.sum()), n_t.shape[1]
         self.accumulators[n] = {
             "module": d["module"], "layer": layer, "neurons": width,
             "inputs": [p.node for p in srcs], "coefficients": list(coeffs), "accumulate_ops": acc,
-            "events": int((n_t != 0).sum()), "max_count": int(np.abs(n_t).max()),
+            "events": int(counted.sum()), "max_count": int(np.abs(n_t).max()),
             "payload_bits": self.payload[n], "active": active, "idle": got.size - active,
             "readers": self.chip_readers(Port(n, 0))}
         self.totals[layer].update({"accumulate_ops": acc, "neuron_updates_active": active,
                                    "neuron_updates_idle": got.size - active})
         self.mapping.update({"neurons": width, "synapses": width * len(srcs)})
         self.emit(Port(n, 0), layer, self.payload[n])
-        per_in = sum((self.events[p] != 0).sum(axis=0) for p in srcs)
+        per_in = sum(counts for _, counts, _ in ins)
         self.add_work(n, layer, synaptic_ops=per_in, active=got.sum(axis=0),
-                      idle=self.T - got.sum(axis=0), messages=(n_t != 0).sum(axis=0)
+                      idle=self.T - got.sum(axis=0), messages=counted.sum(axis=0)
                       * len(self.chip_readers(Port(n, 0))))
 
     def linear(self, n: str, d: dict[str, Any], layer: str) -> None:
         (src,) = self.ir.inputs(n)
         W = d["params"]["weight"]
-        nz = W != 0
         if d["op"] == "Linear":                    # graded input from the host: needs values
             x = None if self.graded is None else self.graded.get(n)
             if x is None:
@@ -209,27 +223,55 @@ class CountRun:
             bits = self.payload.get(src.node, 0)
         else:
             return self.skip(n, "its input is not a recorded population or a SpikeSum of them")
-        active_in = self.events[src] != 0
-        syn = active_in.astype(np.int64) @ nz.sum(axis=0).astype(np.int64)
-        hit = _reached(active_in, nz)
+        active_in, per_in, per_token = self.input_events(src)
+        fan = fan_out(W)
+        width = W.shape[0]
+        if fan.dense:      # every event reaches every output: no pass over the matrix
+            syn = per_token * width
+            token_hit = per_token > 0
+            hit_per_out = np.full(width, int(token_hit.sum()), dtype=np.int64)
+            per_out = np.full(width, per_in.sum(), dtype=np.int64)
+
+            def hit() -> np.ndarray:
+                return np.repeat(token_hit[:, None], width, axis=1)
+        elif fan.patterns is not None:   # few distinct rows of zeros: count per row pattern
+            live = np.stack([active_in[:, p].sum(axis=1, dtype=np.int64)
+                             for p in fan.patterns], axis=1)                # (T, patterns)
+            rows = np.bincount(fan.row_pattern, minlength=len(fan.patterns))
+            syn = live @ rows
+            pattern_hit = live > 0
+            hit_per_out = pattern_hit.sum(axis=0, dtype=np.int64)[fan.row_pattern]
+            per_out = (fan.patterns.astype(np.int64) @ per_in)[fan.row_pattern]
+
+            def hit() -> np.ndarray:
+                return pattern_hit[:, fan.row_pattern]
+        else:
+            nz = W != 0
+            syn = active_in.astype(np.int64) @ fan.column_nnz
+            reached = _reached(active_in, nz)
+            hit_per_out = reached.sum(axis=0)
+            per_out = nz.astype(np.int64) @ per_in
+
+            def hit() -> np.ndarray:
+                return reached
         entry = {"module": d["module"], "layer": layer, "input": kind, "source": src.node,
-                 "weight_shape": list(W.shape), "weight_nnz": int(nz.sum()),
-                 "events": int(active_in.sum()), "synaptic_ops": int(syn.sum()),
+                 "weight_shape": list(W.shape), "weight_nnz": fan.nnz,
+                 "events": int(per_in.sum()), "synaptic_ops": int(syn.sum()),
                  "payload_bits": bits, "readout_active": 0, "readout_idle": 0}
-        self.mapping["synapses"] += int(nz.sum())
+        self.mapping["synapses"] += fan.nnz
         readers = self.chip_readers(Port(n, 0))
         for r in readers:                          # chip neurons (a LIF) integrate the output
-            self.reached[r] = self.reached.get(r, np.zeros_like(hit)) | hit
+            self.reached[r] = self.reached[r] | hit() if r in self.reached else hit().copy()
         if not readers:                            # read by the host: readout compartments
-            entry.update(readout_active=int(hit.sum()), readout_idle=int(hit.size - hit.sum()))
+            active = int(hit_per_out.sum())
+            entry.update(readout_active=active, readout_idle=self.T * width - active)
             self.totals[layer].update({"neuron_updates_active": entry["readout_active"],
                                        "neuron_updates_idle": entry["readout_idle"]})
-            self.mapping["neurons"] += W.shape[0]
+            self.mapping["neurons"] += width
         self.linears[n] = entry
-        per_out = nz.astype(np.int64) @ active_in.sum(axis=0).astype(np.int64)
         self.add_work(n, layer, synaptic_ops=per_out,
-                      **({} if readers else {"active": hit.sum(axis=0),
-                                             "idle": self.T - hit.sum(axis=0)}))
+                      **({} if readers else {"active": hit_per_out,
+                                             "idle": self.T - hit_per_out}))
         self.totals[layer]["synaptic_ops"] += int(syn.sum())
         self.per_token["synaptic_ops"] += syn
 

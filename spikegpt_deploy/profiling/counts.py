@@ -121,7 +121,8 @@ def _normalise_spikes(spikes: Mapping[str, Any]) -> tuple[dict[str, np.ndarray],
         if arr.ndim != 2:
             raise DataError(f"spikes of '{name}': expected (T, C) or (B, T, C), found shape "
                             f"{tuple(arr.shape)}")
-        if arr.size and not np.isin(arr, (0, 1)).all():
+        if arr.size and arr.dtype != bool and not (
+                arr.max() <= 1 if arr.dtype == np.uint8 else ((arr == 0) | (arr == 1)).all()):
             raise DataError(f"spikes of '{name}' are not binary (found values other than 0/1)")
         if tokens is not None and arr.shape[0] != tokens:
             raise DataError(f"spikes of '{name}' cover {arr.shape[0]} tokens, others {tokens}; "

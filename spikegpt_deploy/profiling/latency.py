@@ -32,7 +32,7 @@ message.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 import numpy as np
@@ -71,14 +71,16 @@ class CoreTime:
     def bound(self) -> str:
         """The term that sets the core's time: synapses, neurons or messages."""
         terms = (self.synapses_ns, self.neurons_ns, self.messages_ns)
-        return BOUNDS[int(np.argmax(terms))]
+        return BOUNDS[terms.index(max(terms))]   # the first of equal terms, as np.argmax
 
     @property
     def name(self) -> str:
         return f"{self.node}#{self.core}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "name": self.name, "time_ns": self.time_ns, "bound": self.bound}
+        # the fields hold plain values: no deep copy (dataclasses.asdict) needed
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "name": self.name,
+                "time_ns": self.time_ns, "bound": self.bound}
 
 
 @dataclass(frozen=True)
@@ -156,18 +158,30 @@ def core_times(work: Mapping[str, Mapping[str, Any]], cores: Mapping[str, int], 
     out: list[CoreTime] = []
     for node, w in work.items():
         k = max(1, int(cores.get(node, 1)))
-        blocks = zip(*(np.array_split(np.asarray(w[key], dtype=np.float64), k) for key in
-                       ("synaptic_ops", "active", "idle", "messages")))
-        for i, (syn, act, idle, msg) in enumerate(blocks):
-            total = (act.sum() + idle.sum()) / tokens
-            s, m = syn.sum() * rate / tokens, msg.sum() * rate / tokens
-            a = min(act.sum() * rate / tokens, total)
+        sums = _block_sums(np.stack([np.asarray(w[key], dtype=np.float64) for key in
+                                     ("synaptic_ops", "active", "idle", "messages")]), k)
+        for i, (syn, act, idle, msg) in enumerate(sums.tolist()):
+            total = (act + idle) / tokens
+            s, m = syn * rate / tokens, msg * rate / tokens
+            a = min(act * rate / tokens, total)
             out.append(CoreTime(
                 node, str(w["layer"]), str(w["op"]), i, k, s, a, total - a, m,
                 s * times_ns["synaptic_op"],
                 a * times_ns["neuron_update"] + (total - a) * times_ns["neuron_update_idle"],
                 m * times_ns["spike_local"]))
     return out
+
+
+def _block_sums(rows: np.ndarray, k: int) -> np.ndarray:
+    """(k, rows) sums of each row over ``k`` contiguous blocks, the blocks of
+    ``np.array_split`` (the first n % k one longer), in one ``reduceat`` per node."""
+    n = rows.shape[1]
+    size, extra = divmod(n, k)
+    starts = np.array([i * size + min(i, extra) for i in range(k)], dtype=np.intp)
+    if n == 0 or (starts >= n).any():   # more cores than neurons: empty blocks sum to 0
+        return np.stack([np.array([r.sum() for r in np.array_split(row, k)])
+                         for row in rows]).T
+    return np.add.reduceat(rows, starts, axis=1).T
 
 
 def mean_mesh_distance(n: int) -> float:

@@ -41,33 +41,52 @@ def _placement(ir: Any) -> tuple[tuple[str, bool], ...]:
     return tuple(sorted((n, d["placement"] == "host") for n, d in ir.graph.nodes(data=True)))
 
 
+def partition_targets(folded: Any, chips: Sequence[HardwareProfile], policy: str = "spikes",
+                      graded_bits: int = 8) -> dict[str, Any]:
+    """The partitioned IR of every chip target, made once for counting and core mapping alike;
+    a target that cannot run the model (other than the first, whose error is raised) maps to
+    the partitioner's reason."""
+    from ..partition import partition
+
+    out: dict[str, Any] = {}
+    for i, chip in enumerate(chips):
+        try:
+            out[chip.name] = partition(folded, chip, policy, graded_bits)
+        except ConversionError as exc:
+            if i == 0:
+                raise
+            out[chip.name] = str(exc)
+    return out
+
+
 def count_targets(model: Any, windows: Sequence[np.ndarray], chips: Sequence[HardwareProfile],
-                  policy: str = "spikes", graded_bits: int = 8,
-                  folded: Any = None) -> dict[str, OpCounts | str]:
+                  policy: str = "spikes", graded_bits: int = 8, folded: Any = None,
+                  partitioned: dict[str, Any] | None = None) -> dict[str, OpCounts | str]:
     """Counts of ``windows`` per chip target; a target that cannot run the model (other than the
     first, whose error is raised) maps to the partitioner's reason. Targets with the same
-    placement share one count."""
-    from converters.torch_capture import capture_ir
-
-    from ..partition import partition
-    from ..passes.fold import fold_layernorm
+    placement share one count. ``partitioned``: ``partition_targets``' result, when the caller
+    has it (else it is made from ``folded``, else from a fresh capture of ``model``)."""
     from . import graded_input_trace
 
     if not windows or not sum(len(w) for w in windows):
         raise DataError("no tokens to profile")
-    folded = fold_layernorm(capture_ir(model)) if folded is None else folded
+    if partitioned is None:
+        if folded is None:
+            from converters.torch_capture import capture_ir
+
+            from ..passes.fold import fold_layernorm
+
+            folded = fold_layernorm(capture_ir(model))
+        partitioned = partition_targets(folded, chips, policy, graded_bits)
     log.info("recording spikes on %d tokens in %d window(s) (RNN mode)",
              sum(len(w) for w in windows), len(windows))
     spikes = record_windows(model, windows)
     out: dict[str, OpCounts | str] = {}
     done: dict[tuple[tuple[str, bool], ...], OpCounts] = {}
-    for i, chip in enumerate(chips):
-        try:
-            ir = partition(folded, chip, policy, graded_bits)
-        except ConversionError as exc:
-            if i == 0:
-                raise
-            out[chip.name] = str(exc)
+    for chip in chips:
+        ir = partitioned[chip.name]
+        if isinstance(ir, str):
+            out[chip.name] = ir
             continue
         key = _placement(ir)
         if key not in done:
@@ -80,20 +99,25 @@ def count_targets(model: Any, windows: Sequence[np.ndarray], chips: Sequence[Har
     return out
 
 
-_FOLDED: dict[Any, Any] = {}
+# A worker process profiles many shards of one model: its partitioned IRs are made once
+# (model source, targets, policy, graded bits) -> partition_targets' result.
+_PARTITIONED: dict[Any, dict[str, Any]] = {}
 
 
 def profile_shard(source: Any, windows: Sequence[np.ndarray], chips: Sequence[HardwareProfile],
                   policy: str, graded_bits: int) -> dict[str, OpCounts | str]:
     """One shard of a distributed profile: ``count_targets`` on the model ``source`` opens
-    (a ``distributed.ModelSource``); the captured, folded IR is kept for the process's next
-    shard."""
-    from converters.torch_capture import capture_ir
-
-    from ..passes.fold import fold_layernorm
-
+    (a ``distributed.ModelSource``); the captured, folded and partitioned IRs are kept for the
+    process's next shard."""
     model = source.open().model
-    if source not in _FOLDED:
-        _FOLDED.clear()
-        _FOLDED[source] = fold_layernorm(capture_ir(model))
-    return count_targets(model, windows, chips, policy, graded_bits, folded=_FOLDED[source])
+    key = (source, tuple((c.name, c.sha256) for c in chips), policy, graded_bits)
+    if key not in _PARTITIONED:
+        from converters.torch_capture import capture_ir
+
+        from ..passes.fold import fold_layernorm
+
+        _PARTITIONED.clear()   # one model (and one set of options) per worker at a time
+        _PARTITIONED[key] = partition_targets(fold_layernorm(capture_ir(model)), chips, policy,
+                                              graded_bits)
+    return count_targets(model, windows, chips, policy, graded_bits,
+                         partitioned=_PARTITIONED[key])
