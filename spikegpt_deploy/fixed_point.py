@@ -390,7 +390,9 @@ def quantize_weights(W: np.ndarray, bits: int = 8, input_scale: float = 1.0,
         amax = float(np.float64(wmax) * float(input_scale))
     exponent = k - 31
     if amax > 0:
-        exponent = int(np.ceil(np.log2(amax / qmax))) if np.isfinite(amax) else 1 << 20
+        ratio = amax / qmax   # 0.0 for subnormal weights: those take the lowest exponent
+        exponent = (1 << 20 if not np.isfinite(amax) else
+                    int(np.ceil(np.log2(ratio))) if ratio > 0 else k - 31)
         if exponent > 32:
             _raise_exponent_too_large(amax)
         exponent = max(exponent, k - 31)

@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:  # lava's wheels install a top-level `tests` packa
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
@@ -131,6 +131,7 @@ def test_dense_fixed_sequence_delay_and_exponent():
 @given(W=hnp.arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 6)),
                     elements=st.floats(-50, 50, allow_nan=False)),
        bits=st.integers(2, 8), b=st.integers(0, 12))
+@example(W=np.array([[5e-324]]), bits=3, b=0)   # amax / qmax underflows to 0
 def test_quantize_weights_round_trip(W, bits, b):
     q = fp.quantize_weights(W, bits, input_scale=2.0 ** b)
     qmax = 2 ** (bits - 1) - 1
