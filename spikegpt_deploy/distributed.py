@@ -78,6 +78,10 @@ class Cluster:
 
 
 def import_ray() -> Any:
+    # Ray's core worker installs absl's failure-signal handler for SIGTERM, which logs a stack
+    # and re-raises; racing with this command's own SIGTERM clean-up it can end the process with
+    # SIGABRT instead of the exit code 143. Read once when Ray is imported, so set it first.
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     return require("ray", "distributed", "--workers and --address run on Ray", DistributedError)
 
 
