@@ -1,6 +1,7 @@
 """Simulate a deployment bundle in Lava, built from the bundle's IR (not from PyTorch).
 
-Modules, each importing only those listed before it:
+Modules, each importing only those listed before it (tests/test_layering.py checks the
+direction for the whole package):
 - ``backend``: the backend-neutral interface (``SimulationBackend``, ``RunResult``);
 - ``schedule``: which timestep of a token each node works on, the one schedule the simulator
   runs and the profiler prices;

@@ -32,8 +32,8 @@ import numpy as np
 from .. import fixed_point as fp
 from ..errors import SimulationError
 from ..ir import Port
+from ..naming import layer_of
 from ..passes.quantize import readout_scale
-from ..profiling.counts import layer_of
 from .stage import PortEntry
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import SimulationError
 from ..interpreter import Executor
 from ..ir import HOST, IR, Port
-from ..profiling.counts import layer_of, layer_rank
+from ..naming import layer_of, layer_rank
 from ..sampling import SamplingOptions
 from .chip import ChipProcess, ChipWiring, Connection
 from .stage import (SLOTS, TOKEN_KEY, HostNode, InSlot, OutSlot, PortEntry,
