@@ -18,11 +18,11 @@ PACKAGE = "spikegpt_deploy"
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "naming", "signals", "processes", "optional"),
-    ("ir", "ops", "fixed_point", "folded", "data", "inputs", "outputs", "model"),
+    ("ir", "ops", "fixed_point", "folded", "bits", "data", "inputs", "outputs", "model"),
     ("interpreter", "ir_io", "resources", "placement", "sampling", "checkpoint", "evaluation"),
     ("partition", "passes", "training", "model_files"),
     ("convert", "bundle", "bundle_evaluation", "distributed"),
-    ("simulation.backend", "simulation.schedule", "simulation.program"),
+    ("simulation.backend", "simulation.schedule", "simulation.chip_params", "simulation.program"),
     ("simulation.stage", "simulation.chip", "simulation.plan", "simulation.host"),
     ("simulation.lava",),
     ("simulation.run", "simulation.pipelined", "simulation"),

@@ -5,6 +5,8 @@ direction for the whole package):
 - ``backend``: the backend-neutral interface (``SimulationBackend``, ``RunResult``);
 - ``schedule``: which timestep of a token each node works on, the one schedule the simulator
   runs and the profiler prices;
+- ``chip_params``: how chip nodes become Lava parameters (LIF Vars, current and graded codecs),
+  for both networks;
 - ``program``: the pipelined network as a numpy contract (``ChipProgram``, ``HostProgram``,
   ``LifSpec``) that both the Lava process models and the numpy references execute;
 - ``stage`` / ``chip``: the host stages and chip processes of the per-population network;
