@@ -35,7 +35,7 @@ from ..ir import HOST, IR
 from ..passes.quantize import readout_scale
 from ..sampling import SamplingOptions
 from .chip_params import check_membrane_on_chip, graded_input_codec, lif_vars, require_fixed
-from .schedule import Schedule, schedule_of, spike_sources
+from .schedule import Schedule, crossing_name, schedule_of, spike_sources
 
 Key = tuple
 F32 = np.float32
@@ -305,7 +305,7 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
         if key[0] not in ph:
             raise SimulationError(f"crossing from '{c['source']}': no such node")
         traffic.append((i, key, ph[key[0]], out_codec_of.get(key, ("float",))))
-        names.append(f"{c['source']}:{c['port']}:{c['direction']}")
+        names.append(crossing_name(c))
     starts = sch.starts(len(forced), max(n_sample - 1, 0))
     fault_at = None
     if fault is not None:
