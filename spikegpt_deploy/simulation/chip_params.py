@@ -7,7 +7,7 @@ builds the pipelined one, ``chip`` the per-population one).
   (``fixed_point.map_lif``); fixed: the quantize pass's du/dv/vth, fed the host's current rounded
   to the population's a_in resolution, as ``QUANT_OPS`` does.
 - graded chip Linear: the codec of its graded input (fixed: the host value rounded to the
-  layer's input step, ``passes.quantize.graded_input``).
+  layer's input step, ``ops.linear.graded_input``).
 - a chip LIF's membrane stays on the chip: only its own StateOut may read it.
 """
 

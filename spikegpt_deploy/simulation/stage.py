@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import fixed_point as fp
 from ..interpreter import FLOAT_OPS
-from ..passes.quantize import graded_input
+from ..ops.linear import graded_input
 from ..sampling import Sampler, SamplingOptions
 
 Key = tuple  # (node id, output port)
