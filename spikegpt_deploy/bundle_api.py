@@ -36,7 +36,7 @@ def convert(model: str | Path | None, out_dir: str | Path | None, force: bool = 
     from .bundle import refuse_existing, verify_bundle, write_bundle
     from .convert import ConvertOptions, run_pipeline
 
-    from .api import default_model_path
+    from .model_files import default_model_path
 
     source = Path(model) if model is not None else default_model_path()
     opts = ConvertOptions(**options)
@@ -141,7 +141,7 @@ def find_source_model(bundle_path: Path, manifest: dict[str, Any],
     ``model`` given: it must be that file. Otherwise the recorded file name is looked for next to
     the bundle, in the working directory and as the default model.
     """
-    from .api import default_model_path
+    from .model_files import default_model_path
     from .checkpoint import file_sha256
 
     src = manifest.get("source_model") or {}

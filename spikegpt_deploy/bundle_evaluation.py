@@ -15,7 +15,6 @@ source), the greedy next-token agreement and each population's firing-rate chang
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .bits import surprisal_bits
 from .errors import DataError
 from .interpreter import Executor
 from .ir import IR
@@ -90,15 +90,6 @@ def windows_of(ids: np.ndarray, window_len: int, max_tokens: int | None = None
     return x, y
 
 
-def _log2_probs_of(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """-log2 p(target) per row, logits (..., V) in float64."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    logz = np.log(np.exp(z).sum(axis=-1))
-    picked = np.take_along_axis(z, targets[..., None], axis=-1)[..., 0]
-    return (logz - picked) / math.log(2)
-
-
 class _Tally:
     """Sums of bits, argmax tokens and spikes per population over windows."""
 
@@ -110,7 +101,7 @@ class _Tally:
         self.counts: dict[str, int] = {}
 
     def add(self, logits: np.ndarray, targets: np.ndarray, spikes: dict[str, np.ndarray]) -> None:
-        self.bits += float(_log2_probs_of(logits, targets).sum())
+        self.bits += float(surprisal_bits(logits, targets).sum())
         self.tokens += targets.size
         self.argmax.append(logits.argmax(-1))
         for name, s in spikes.items():
@@ -143,7 +134,7 @@ def run_ir_windows(executor: Executor, x: np.ndarray, targets: np.ndarray, tally
     for n, module in populations:
         width[module] = int(np.size(res.values[(n, 0)]))
     stacked = np.stack(logits, 1)
-    tally.bits += float(_log2_probs_of(stacked, targets).sum())
+    tally.bits += float(surprisal_bits(stacked, targets).sum())
     tally.tokens += targets.size
     tally.argmax.append(stacked.argmax(-1))
     for _, module in populations:

@@ -50,10 +50,10 @@ class ModelSource:
     def open(self) -> Any:
         """The LoadedModel, loaded once per process."""
         if self not in _OPENED:
-            from . import api
+            from .model_files import open_model
 
             _OPENED.clear()   # one model per worker process at a time
-            _OPENED[self] = api.open_model(self.path, self.tokenizer, **dict(self.overrides))
+            _OPENED[self] = open_model(self.path, self.tokenizer, **dict(self.overrides))
         return _OPENED[self]
 
 

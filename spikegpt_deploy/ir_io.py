@@ -8,7 +8,7 @@ each array once:
   other nodes name that key in ``shared``;
 - an array that others determine is not stored; the node lists it in ``derived`` and loading
   rebuilds it bit for bit (``DERIVED``): a folded SpikeLinear's float ``weight`` from
-  ``source_weight`` and ``source_cols`` (``passes.fold.fold_weight``), a graded chip Linear's
+  ``source_weight`` and ``source_cols`` (``folded.fold_weight``), a graded chip Linear's
   ``weight_lava`` from its mantissas ``weight_q``.
 Quantized mantissas keep their integer width (int8 for Lava's 2..8-bit weights).
 """
@@ -25,6 +25,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import BundleError
+from .folded import fold_weight
 from .ir import IR, OPS
 
 IR_FORMAT = "spikegpt-deploy-ir"
@@ -32,7 +33,6 @@ IR_FORMAT_VERSION = 2
 
 
 def _fold_weight(params: dict[str, np.ndarray], attrs: dict[str, Any]) -> np.ndarray:
-    from .passes.fold import fold_weight
     return fold_weight(params["source_weight"], params["source_cols"])
 
 
@@ -61,7 +61,6 @@ def _is_derived(name: str, params: dict[str, np.ndarray], attrs: dict[str, Any])
         if arr.shape != (len(cols) * src.shape[0], src.shape[1]):
             return False
         rows = np.linspace(0, arr.shape[0] - 1, min(_SAMPLE_ROWS, arr.shape[0])).astype(int)
-        from .passes.fold import fold_weight
         for r in rows:
             h, o = divmod(int(r), src.shape[0])
             if not np.array_equal(fold_weight(src[o:o + 1], cols[h:h + 1])[0], arr[r]):

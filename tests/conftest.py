@@ -17,10 +17,16 @@ sys.path.insert(0, str(REPO_ROOT))
 import random  # noqa: E402
 from typing import Callable  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from spikegpt_deploy.checkpoint import load_checkpoint, save_model  # noqa: E402
+from spikegpt_deploy.data import CharTokenizer  # noqa: E402
 from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig  # noqa: E402
+
+_EXE = Path(sys.executable).with_name("spikegpt-deploy")  # the installed console script
+CLI = [str(_EXE)] if _EXE.is_file() else [sys.executable, "-m", "spikegpt_deploy.cli"]
 
 # The CPUs are shared (and possibly busy): several intra-op threads fighting over two cores make
 # tiny models 20x slower than a single thread does.
@@ -54,6 +60,27 @@ def make_tiny_model(model_type: str = "RWKV", seed: int = 0, n_layer: int = 3, n
         for linear in lif_feeding_linears(model):
             linear.weight.mul_(scale)
     return model.eval()
+
+
+def save_char_model(path: Path, text: str, seed: int) -> Path:
+    """A seeded 2-layer, 32-wide tiny model with ``text``'s character tokenizer, saved at path
+    (the model the simulation tests convert and run)."""
+    tok = CharTokenizer.from_text(text)
+    save_model(make_tiny_model(n_layer=2, n_embd=32, vocab_size=tok.vocab_size, seed=seed),
+               path, tok)
+    return path
+
+
+@torch.no_grad()
+def pytorch_reference(model_path: Path, tokens: list[int]) -> tuple[np.ndarray, dict]:
+    """The PyTorch RNN step over ``tokens``: logits (T, V) and spikes per population (T, width)."""
+    model = load_checkpoint(model_path).model
+    state, logits = model.init_state(1), []
+    with model.record_spikes() as rec:
+        for t in tokens:
+            out, state = model.step(torch.tensor([t]), state)
+            logits.append(out[0].numpy())
+    return np.stack(logits), {k: v[0].numpy() for k, v in rec.spikes().items()}
 
 
 def randomize_(model: SpikeGPT, seed: int = 0) -> SpikeGPT:

@@ -25,16 +25,16 @@ from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 pytest.importorskip("lava")
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
-from conftest import make_tiny_model, random_text  # noqa: E402
+from conftest import CLI, pytorch_reference, random_text, save_char_model  # noqa: E402
 from proc_watch import Spawned, descendants  # noqa: E402
 from spikegpt_deploy import api, simulation  # noqa: E402
 from spikegpt_deploy.simulation import run as simulation_run  # noqa: E402
 from spikegpt_deploy.simulation.lava import runner as lava_runner  # noqa: E402
 from spikegpt_deploy.bundle import load_bundle  # noqa: E402
-from spikegpt_deploy.checkpoint import load_checkpoint, save_model  # noqa: E402
-from spikegpt_deploy.data import CharTokenizer, load_corpus  # noqa: E402
+from spikegpt_deploy.checkpoint import load_checkpoint  # noqa: E402
+from spikegpt_deploy.data import load_corpus  # noqa: E402
 from spikegpt_deploy.errors import BundleError, DataError, DeployError, SimulationError  # noqa
 from spikegpt_deploy.inputs import MAX_TOKENS  # noqa: E402
 from spikegpt_deploy.interpreter import Executor  # noqa: E402
@@ -44,8 +44,6 @@ from spikegpt_deploy.sampling import SamplingOptions, generate_ids  # noqa: E402
 from spikegpt_deploy.simulation.plan import plan_network  # noqa: E402
 
 GREEDY = SamplingOptions(temperature=0.0)
-_EXE = Path(sys.executable).with_name("spikegpt-deploy")  # the installed console script
-CLI = [str(_EXE)] if _EXE.is_file() else [sys.executable, "-m", "spikegpt_deploy.cli"]
 SHIPPED = ROOT / "examples" / "spikegpt-kjv-4x128.pt"
 TEXT = random_text(4000, seed=1)
 
@@ -53,11 +51,7 @@ TEXT = random_text(4000, seed=1)
 # --------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    tok = CharTokenizer.from_text(TEXT)
-    model = make_tiny_model(n_layer=2, n_embd=32, vocab_size=tok.vocab_size, seed=1)
-    path = tmp_path_factory.mktemp("sim") / "tiny.pt"
-    save_model(model, path, tok)
-    return path
+    return save_char_model(tmp_path_factory.mktemp("sim") / "tiny.pt", TEXT, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -85,15 +79,6 @@ def fixed_run(bundle, prompt) -> simulation.SimulationResult:
     return simulation.simulate(bundle, prompt, 64, "fixed", GREEDY)
 
 
-@torch.no_grad()
-def pytorch_reference(model_path: Path, tokens: list[int]) -> tuple[np.ndarray, dict]:
-    model = load_checkpoint(model_path).model
-    state, logits = model.init_state(1), []
-    with model.record_spikes() as rec:
-        for t in tokens:
-            out, state = model.step(torch.tensor([t]), state)
-            logits.append(out[0].numpy())
-    return np.stack(logits), {k: v[0].numpy() for k, v in rec.spikes().items()}
 
 
 # ------------------------------------------------------------------------------ equivalence

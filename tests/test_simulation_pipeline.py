@@ -22,32 +22,24 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 pytest.importorskip("lava")
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
-from conftest import make_tiny_model, random_text  # noqa: E402
+from conftest import CLI, pytorch_reference, random_text, save_char_model  # noqa: E402
 from proc_watch import descendants  # noqa: E402
 from spikegpt_deploy import api, simulation  # noqa: E402
 from spikegpt_deploy.bundle import load_bundle  # noqa: E402
-from spikegpt_deploy.checkpoint import load_checkpoint, save_model  # noqa: E402
-from spikegpt_deploy.data import CharTokenizer  # noqa: E402
 from spikegpt_deploy.errors import DataError, SimulationError  # noqa: E402
 from spikegpt_deploy.passes.quantize import emulator  # noqa: E402
 from spikegpt_deploy.sampling import SamplingOptions  # noqa: E402
 from spikegpt_deploy.simulation.pipelined import evaluate_tokens  # noqa: E402
 from spikegpt_deploy.simulation.schedule import schedule_of  # noqa: E402
 
-_EXE = Path(sys.executable).with_name("spikegpt-deploy")
-CLI = [str(_EXE)] if _EXE.is_file() else [sys.executable, "-m", "spikegpt_deploy.cli"]
 TEXT = random_text(4000, seed=2)
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    tok = CharTokenizer.from_text(TEXT)
-    model = make_tiny_model(n_layer=2, n_embd=32, vocab_size=tok.vocab_size, seed=2)
-    path = tmp_path_factory.mktemp("pipe") / "tiny.pt"
-    save_model(model, path, tok)
-    return path
+    return save_char_model(tmp_path_factory.mktemp("pipe") / "tiny.pt", TEXT, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -129,20 +121,14 @@ def test_fixed_is_exact_at_every_bit_width(model_file, held_out, tmp_path, optio
     assert ev.bits_per_token == ev.reference_bits_per_token
 
 
-@torch.no_grad()
 def test_float_evaluation_matches_pytorch(model_file, bundle, held_out):
     r = simulation.simulate(bundle, held_out, 0, "float")
-    model = load_checkpoint(model_file).model
-    state, logits = model.init_state(1), []
-    with model.record_spikes() as rec:
-        for t in held_out:
-            out, state = model.step(torch.tensor([t]), state)
-            logits.append(out[0].numpy())
-    assert np.max(np.abs(r.logits - np.stack(logits))) < 1e-3
-    for name, s in rec.spikes().items():
-        assert np.array_equal(r.spikes[name], s[0].numpy()), name
+    logits, spikes = pytorch_reference(model_file, held_out)
+    assert np.max(np.abs(r.logits - logits)) < 1e-3
+    for name, s in spikes.items():
+        assert np.array_equal(r.spikes[name], s), name
     ev = evaluate_tokens(bundle, held_out, "float")
-    assert abs(ev.bits_per_token - simulation.bits_per_token(np.stack(logits), held_out[1:])) < 1e-3
+    assert abs(ev.bits_per_token - simulation.bits_per_token(logits, held_out[1:])) < 1e-3
 
 
 def test_pipelined_and_per_population_networks_agree(bundle, held_out):

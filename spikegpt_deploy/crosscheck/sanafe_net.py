@@ -29,8 +29,8 @@ from hw_profiles import HardwareProfile
 
 from ..errors import DeployError
 from ..ir import HOST, IR
+from ..naming import layer_of
 from ..placement import Mesh, neuron_blocks
-from ..profiling.counts import layer_of
 
 EPS = 1e-9   # receivers fire (and reset) on any positive input; weights are all +1
 

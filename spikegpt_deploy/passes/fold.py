@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..folded import fold_weight
 from ..ir import IR, Port
 
 F32 = np.float32
@@ -169,23 +170,6 @@ def _fold_one(ir: IR, lin: str, forms: dict[Port, _Stream], binary_x0: bool) -> 
         ir.connect(Port(corr, 0), v, d["dst_port"])
     ir.graph.remove_node(lin)
     return None
-
-
-def fold_weight(source: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """The folded matrix [W diag(cols[0]); W diag(cols[1]); ...] in float32.
-
-    Each element is the float64 product W[o, i] * cols[h, i] rounded to float32, computed in row
-    blocks straight into the result (no float64 copy of W). The bundle stores W and cols, not the
-    result, and rebuilds it with this function: bit for bit the same matrix."""
-    out, width = source.shape
-    res = np.empty((len(cols) * out, width), F32)
-    step = max(1, (1 << 22) // max(1, width))
-    for h, col in enumerate(np.asarray(cols, np.float64)):
-        for i in range(0, out, step):
-            rows = source[i:i + step]
-            np.multiply(rows, col, out=res[h * out + i:h * out + i + rows.shape[0]],
-                        casting="unsafe")
-    return res
 
 
 def _folded_params(source: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:

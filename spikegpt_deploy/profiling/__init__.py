@@ -17,7 +17,8 @@ from hw_profiles import HardwareProfile, load_profile
 
 from ..errors import ConversionError, DataError, ProfileError
 from ..inputs import check_count, check_token_ids
-from .counts import OpCounts, count_ops, layer_of, record_spikes_pytorch
+from ..naming import layer_of
+from .counts import OpCounts, count_ops, record_spikes_pytorch
 from .windows import count_targets, partition_targets, split_windows
 from .op_costs import HOST_OP_KINDS, ann_op_counts, op_cost
 from .pricing import (PAPER_FIRING_RATE, ProfileResult, load_host, paper_formula, price_ann,
@@ -215,8 +216,8 @@ def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
     ``cluster`` (a ``distributed.Cluster``) splits the windows across Ray workers, each opening
     the model the same way; the window then defaults to the model's context length (pass the
     same ``window`` to a single-process run for the same figures)."""
-    from .. import api
     from ..data import encode_split, load_corpus
+    from ..model_files import open_model, require_tokenizer
 
     _check_tokens(tokens)
     chips: list[Any] = list(targets) or ["loihi2"]
@@ -233,9 +234,9 @@ def profile_checkpoint(model_path: str | Path | None, data: str, tokens: int,
                                f"too; pass only one host profile")
         else:
             host = path
-    loaded = api.open_model(model_path, tokenizer_path, **dict(overrides or {}))
+    loaded = open_model(model_path, tokenizer_path, **dict(overrides or {}))
     corpus = load_corpus(data)
-    ids = encode_split(api.require_tokenizer(loaded), corpus, split)
+    ids = encode_split(require_tokenizer(loaded), corpus, split)
     if len(ids) < tokens:
         raise DataError(f"the {split} split of {data} has {len(ids)} tokens, fewer than "
                         f"--tokens {tokens}; ask for fewer tokens or use a longer text")

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ConversionError, DataError
 from ..ir import HOST, IR, Port
-from .counts import layer_of, layer_rank
+from ..naming import layer_of, layer_rank
 from .op_costs import PLUMBING, op_cost
 from .weight_stats import fan_out
 

@@ -33,29 +33,13 @@ import torch
 
 from ..errors import ConversionError, DataError
 from ..ir import IR
+from ..naming import layer_of
 from .op_costs import PLUMBING, ann_op_counts
 
 LAYER_COUNTERS = ("spikes", "synaptic_ops", "accumulate_ops", "neuron_updates_active",
                   "neuron_updates_idle", "spike_messages", "payload_bits",
                   "io_messages_chip_to_host", "io_messages_host_to_chip",
                   "io_bytes_chip_to_host", "io_bytes_host_to_chip")
-def layer_of(module: str) -> str:
-    """'blocks.3.att.key' -> 'blocks.3'; emb -> 'emb'; head and ln_out -> 'head'; else 'other'."""
-    parts = module.split(".")
-    if parts[0] == "blocks" and len(parts) > 1:
-        return f"blocks.{parts[1]}"
-    if parts[0] in ("emb", "head", "ln_out"):
-        return "head" if parts[0] == "ln_out" else parts[0]
-    return "other"
-
-
-def layer_rank(name: str) -> tuple[int, int]:
-    """Sort key of a ``layer_of`` name: emb, blocks.0, blocks.1, ..., head, anything else."""
-    if name == "emb":
-        return (0, 0)
-    if name.startswith("blocks."):
-        return (1, int(name.split(".")[1]))
-    return (2, 0) if name == "head" else (3, 0)
 
 
 @dataclass

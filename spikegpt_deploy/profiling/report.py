@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..naming import layer_rank
 from ..outputs import output_folder, write_atomic
-from .counts import layer_rank
 from .pricing import PAPER_FIRING_RATE, ProfileResult
 
 LAYER_COLUMNS = ("layer", "rate_emb", "rate_lif1", "rate_lif2", "synaptic_ops", "host_ops",

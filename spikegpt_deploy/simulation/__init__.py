@@ -1,9 +1,12 @@
 """Simulate a deployment bundle in Lava, built from the bundle's IR (not from PyTorch).
 
-Modules, each importing only those listed before it:
+Modules, each importing only those listed before it (tests/test_layering.py checks the
+direction for the whole package):
 - ``backend``: the backend-neutral interface (``SimulationBackend``, ``RunResult``);
 - ``schedule``: which timestep of a token each node works on, the one schedule the simulator
   runs and the profiler prices;
+- ``chip_params``: how chip nodes become Lava parameters (LIF Vars, current and graded codecs),
+  for both networks;
 - ``program``: the pipelined network as a numpy contract (``ChipProgram``, ``HostProgram``,
   ``LifSpec``) that both the Lava process models and the numpy references execute;
 - ``stage`` / ``chip``: the host stages and chip processes of the per-population network;

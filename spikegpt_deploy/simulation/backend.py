@@ -38,6 +38,11 @@ class RunResult:
         """Simulator cost per timestep in milliseconds (run_s / num_steps)."""
         return 1e3 * self.run_s / max(self.num_steps, 1)
 
+    def timings(self) -> dict[str, float]:
+        """The timings by name, as a simulation result reports them."""
+        return {"build_s": self.build_s, "compile_s": self.compile_s, "run_s": self.run_s,
+                "readout_s": self.readout_s, "total_run_call_s": self.total_s}
+
 
 @runtime_checkable
 class SimulationBackend(Protocol):

@@ -3,10 +3,7 @@
 ``ChipWiring`` is a mixin of ``simulation.plan._Planner`` (it uses the planner's schedule, widths
 and host-port helpers). What it plans, per precision:
 
-- LIF population -> ``GatedLIF``. float: Lava's float LIF with du = 1, dv = 1/tau, vth just
-  below the threshold (Lava fires on v > vth, SpikeGPT on H >= threshold), fed 1/tau times the
-  host current (``fixed_point.map_lif``). fixed: the quantize pass's du/dv/vth, fed the host's
-  current rounded to the population's a_in resolution, as ``QUANT_OPS`` does.
+- LIF population -> ``GatedLIF`` with the Vars and current codec of ``chip_params.lif_vars``.
 - spike-driven linears (SpikeLinear) -> one Lava ``Dense`` per (reading host stage, layer) with
   their weights stacked. Every population a SpikeLinear reads, directly or through a SpikeSum,
   is connected to the Dense's ``s_in``; Lava's InPort adds its connections, and the populations
@@ -32,8 +29,9 @@ import numpy as np
 from .. import fixed_point as fp
 from ..errors import SimulationError
 from ..ir import Port
+from ..naming import layer_of
 from ..passes.quantize import readout_scale
-from ..profiling.counts import layer_of
+from .chip_params import check_membrane_on_chip, graded_input_codec, lif_vars, require_fixed
 from .stage import PortEntry
 
 
@@ -75,18 +73,8 @@ class ChipWiring:
         for n in self.order:
             if self.op(n) != "LIF" or n in self.host:
                 continue
-            a = self.ir.node(n)["attrs"]
-            x, v = self.ir.inputs(n)
-            init = float(self.ir.node(v.node)["attrs"].get("init", 0.0))
-            if self.fixed:
-                self._require(n, "du_fixed", "dv_fixed", "vth_fixed", "input_scale_bits")
-                kw = {"du": a["du_fixed"], "dv": a["dv_fixed"], "vth": a["vth_fixed"],
-                      "v": int(round(init))}
-                codec: tuple = ("current", 2.0 ** a["input_scale_bits"])
-            else:
-                tau, th = float(a["tau"]), float(a["threshold"])
-                kw = {"du": 1.0, "dv": 1.0 / tau, "vth": float(np.nextafter(th, 0.0)), "v": init}
-                codec = ("gain", 1.0 / tau)
+            x, _ = self.ir.inputs(n)
+            kw, codec = lif_vars(self.ir, n, self.fixed)
             name = f"lif:{n}"
             self.chip.append(ChipProcess(name, "GatedLIF", {"shape": (self.width[(n, 0)],), **kw},
                                          self.phase[n]))
@@ -100,10 +88,7 @@ class ChipWiring:
                 w = self.width[(n, 0)]
                 self.host_in(stage, name, {self.phase[n]: [PortEntry((n, 0), 0, w)]}, w, "latch",
                              group="spikes")  # one port for all LIFs: idle ones send zeros
-            for c in self.consumers(n, 1):
-                if self.op(c) != "StateOut" or c in self.host:
-                    raise SimulationError(f"'{c}' reads the membrane of LIF '{n}'; only the LIF "
-                                          "itself may (it stays on the chip)")
+            check_membrane_on_chip(self.ir, n, self.host)
 
     def _weights(self, n: str, scale: float = 1.0, dense_bits: int | None = None
                  ) -> tuple[np.ndarray, dict, tuple]:
@@ -112,19 +97,12 @@ class ChipWiring:
         d = self.ir.node(n)
         if not self.fixed:
             return d["params"]["weight"].astype(np.float64), {}, ("float",)
-        self._require(n, "weight_q", "weight_bits", "weight_scale")
+        require_fixed(self.ir, n, "weight_q", "weight_bits", "weight_scale")
         kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"],
                                       max(int(d["attrs"]["weight_bits"]), dense_bits or 0))
         w = kw.pop("weights")  # the Dense sums mantissas exactly; the host scales the sum
         # one float for the layer, or one per output channel (readout_scale)
         return w, kw, ("scale", readout_scale(d) * scale)
-
-    def _require(self, n: str, *keys: str) -> None:
-        d = self.ir.node(n)
-        missing = [k for k in keys if k not in d["params"] and k not in d["attrs"]]
-        if missing:
-            raise SimulationError(f"chip node '{n}' ({d['op']}) has no fixed-point {missing}; "
-                                  "the bundle was not quantized for it: re-run convert")
 
     def pop_source(self, p: Port, dense: str) -> None:
         if p.node in self.host:  # the binary embedding: a host value sent as spikes
@@ -191,13 +169,7 @@ class ChipWiring:
             to_lif = len(cons) == 1 and self.op(cons[0]) == "LIF"
             name = f"dense:{n}"
             kw: dict[str, Any] = {"num_message_bits": int(a.get("graded_bits", 8))}
-            if self.fixed:
-                self._require(n, "graded_bits", "input_step", "weight_bits",
-                              *(("weight_lava", "weight_exp_lava") if to_lif else ()))
-                qmax = 2 ** (int(a["graded_bits"]) - 1) - 1
-                in_codec: tuple = ("graded", float(a["input_step"]), qmax)
-            else:
-                in_codec = ("float",)
+            in_codec = graded_input_codec(self.ir, n, self.fixed, to_lif)
             if to_lif and self.fixed:
                 kw.update(weights=self.ir.node(n)["params"]["weight_lava"].astype(np.int32),
                           weight_exp=int(a["weight_exp_lava"]),

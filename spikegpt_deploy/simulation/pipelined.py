@@ -22,8 +22,6 @@ import numpy as np
 
 from ..bundle import Bundle, load_bundle
 from ..errors import DataError, SimulationError
-from ..interpreter import Executor
-from ..passes.quantize import emulator
 from ..sampling import SamplingOptions
 from .run import SELECT_TAG
 from .program import plan_pipeline
@@ -88,8 +86,7 @@ def run_pipelined(bundle: Bundle, ids: list[int], n_tokens: int, precision: str,
         traffic={name: traffic[:, i] for i, name in enumerate(plan.crossings)},
         timesteps_per_token=sch.decode, timesteps_why=sch.why, num_steps=steps,
         processes=plan.process_counts(), wall_s=time.perf_counter() - t0,
-        timings={"build_s": res.build_s, "compile_s": res.compile_s, "run_s": res.run_s,
-                 "readout_s": res.readout_s, "total_run_call_s": res.total_s},
+        timings=res.timings(),
         host_compute_s={"host": float(bufs["host_busy"].read()[0, 0])})
     result.schedule = {**sch.regimes(len(ids)), "network": "pipelined",
                        "prefill_block": int(block) if sch.interval == 1 else 1,
@@ -124,7 +121,7 @@ def evaluate_tokens(bundle_path: str | Path, ids: list[int], precision: str = "f
     ids[1:] and the comparison with the numpy reference of the same precision (module
     docstring)."""
     from .lava.runner import require_lava
-    from .run import bits_per_token
+    from .run import equivalence
 
     require_lava()
     if precision not in SELECT_TAG:
@@ -137,16 +134,12 @@ def evaluate_tokens(bundle_path: str | Path, ids: list[int], precision: str = "f
     bad = [t for t in ids if not 0 <= t < vocab]
     if bad:
         raise DataError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
-    r = run_pipelined(bundle, ids, 0, precision, SamplingOptions(temperature=0.0), timeout_s,
-                      None, None, time.perf_counter(), block)
-    ref = Executor(bundle.ir) if precision == "float" else emulator(bundle.ir)
-    ref_logits, ref_spikes = ref.run(np.asarray([ids], dtype=np.int64))
-    same = [np.array_equal(r.spikes[k], v[0]) for k, v in ref_spikes.items()]
-    agree = float(np.mean([np.mean(r.spikes[k] == v[0]) for k, v in ref_spikes.items()]))
+    greedy = SamplingOptions(temperature=0.0)
+    r = run_pipelined(bundle, ids, 0, precision, greedy, timeout_s, None, None,
+                      time.perf_counter(), block)
+    eq = equivalence(bundle.ir, r, greedy)  # all of ids is the prompt: nothing is sampled
     return LavaEvaluation(
-        precision, len(ids), bits_per_token(r.logits, ids[1:]),
-        bits_per_token(ref_logits[0], ids[1:]),
-        "float IR (numpy interpreter)" if precision == "float"
-        else "quantized emulation (emulator(ir))", all(same), agree,
-        float(np.max(np.abs(r.logits - ref_logits[0]))), r.tokens_per_s, r.num_steps,
-        r.processes)
+        precision, len(ids), eq["prompt_bits_per_token"], eq["reference_prompt_bits_per_token"],
+        eq["reference"], eq["spikes_identical"],
+        float(np.mean([s["agreement"] for s in eq["spikes"].values()])),
+        eq["max_abs_logit_diff"], r.tokens_per_s, r.num_steps, r.processes)

@@ -31,15 +31,15 @@ import numpy as np
 from ..errors import SimulationError
 from ..interpreter import Executor
 from ..ir import HOST, IR, Port
-from ..profiling.counts import layer_of, layer_rank
+from ..naming import layer_of, layer_rank
 from ..sampling import SamplingOptions
 from .chip import ChipProcess, ChipWiring, Connection
+from .schedule import POPULATION_OPS, crossing_name
 from .stage import (SLOTS, TOKEN_KEY, HostNode, InSlot, OutSlot, PortEntry,
                     StageProgram)
 
 PRECISIONS = ("float", "fixed")
 HOST_LAYOUTS = ("layers", "single")
-POPULATION_OPS = ("LIF", "Heaviside")
 
 
 @dataclass
@@ -273,7 +273,7 @@ class _Planner(ChipWiring):
                 raise SimulationError(f"crossing from '{c['source']}': its host end '{src}' is "
                                       "not a host node")
             self.traffic[stage].append((i, (c["source"], int(c["port"]))))
-            names.append(f"{c['source']}:{c['port']}:{c['direction']}")
+            names.append(crossing_name(c))
         return pops, names
 
     def critical_path(self, out: str) -> list[str]:

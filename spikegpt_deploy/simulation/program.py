@@ -36,7 +36,8 @@ from ..interpreter import Executor
 from ..ir import HOST, IR
 from ..passes.quantize import readout_scale
 from ..sampling import SamplingOptions
-from .schedule import Schedule, schedule_of, spike_sources
+from .chip_params import check_membrane_on_chip, graded_input_codec, lif_vars, require_fixed
+from .schedule import Schedule, crossing_name, schedule_of, spike_sources
 
 Key = tuple
 F32 = np.float32
@@ -184,30 +185,13 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
     syn, cur, spk = _Layout(), [_Layout() for _ in range(sch.rounds)], \
         [_Layout() for _ in range(sch.rounds)]
 
-    def require(n: str, *keys: str) -> None:
-        d = ir.node(n)
-        missing = [k for k in keys if k not in d["params"] and k not in d["attrs"]]
-        if missing:
-            raise SimulationError(f"chip node '{n}' ({d['op']}) has no fixed-point {missing}; "
-                                  "the bundle was not quantized for it: re-run convert")
-
     # ---- LIF populations ----------------------------------------------------------------
     lifs: list[LifSpec] = []
     for n in order:
         if op[n] != "LIF" or n in host:
             continue
-        a = ir.node(n)["attrs"]
-        x, v = ir.inputs(n)
-        init = float(ir.node(v.node)["attrs"].get("init", 0.0))
-        if fixed:
-            require(n, "du_fixed", "dv_fixed", "vth_fixed", "input_scale_bits")
-            params = {"du": a["du_fixed"], "dv": a["dv_fixed"], "vth": a["vth_fixed"],
-                      "v": int(round(init))}
-            codec: tuple = ("current", 2.0 ** a["input_scale_bits"])
-        else:
-            tau, th = float(a["tau"]), float(a["threshold"])
-            params = {"du": 1.0, "dv": 1.0 / tau, "vth": float(np.nextafter(th, 0.0)), "v": init}
-            codec = ("gain", 1.0 / tau)
+        x, _ = ir.inputs(n)
+        params, codec = lif_vars(ir, n, fixed)
         w = width[(n, 0)]
         if x.node in host:
             current = cur[rd[n]].add((x.node, x.port), width[(x.node, x.port)], ph[n], codec)
@@ -216,10 +200,7 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
         else:
             raise SimulationError(f"LIF '{n}' reads '{x.node}' ({op[x.node]}) on the chip; the "
                                   "simulator feeds LIFs host currents or a chip Linear")
-        for c, _ in ir.consumers(n, 1):
-            if op[c] != "StateOut" or c in host:
-                raise SimulationError(f"'{c}' reads the membrane of LIF '{n}'; only the LIF "
-                                      "itself may (it stays on the chip)")
+        check_membrane_on_chip(ir, n, host)
         lifs.append(LifSpec(n, ph[n], rd[n], w, params, current,
                             spk[rd[n]].add((n, 0), w, ph[n])))
 
@@ -244,7 +225,7 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
         for n in linears:
             d = ir.node(n)
             if fixed:
-                require(n, "weight_q", "weight_bits", "weight_scale")
+                require_fixed(ir, n, "weight_q", "weight_bits", "weight_scale")
                 kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"], widest)
                 parts.append(np.asarray(kw["weights"]))
                 exps.add((int(kw["weight_exp"]), int(kw["num_weight_bits"])))
@@ -278,13 +259,7 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
         (x,) = ir.inputs(n)
         cons = sorted({v for v, _ in ir.consumers(n, 0)})
         to_lif = cons[0] if len(cons) == 1 and op[cons[0]] == "LIF" else None
-        if fixed:
-            require(n, "graded_bits", "input_step", "weight_bits",
-                    *(("weight_lava", "weight_exp_lava") if to_lif else ()))
-            qmax = 2 ** (int(a["graded_bits"]) - 1) - 1
-            in_codec: tuple = ("graded", float(a["input_step"]), qmax)
-        else:
-            in_codec = ("float",)
+        in_codec = graded_input_codec(ir, n, fixed, to_lif is not None)
         out_codec: tuple = ("float",)
         bits = int(a["weight_bits"]) if fixed else None
         if to_lif and fixed:
@@ -333,7 +308,7 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
         if key[0] not in ph:
             raise SimulationError(f"crossing from '{c['source']}': no such node")
         traffic.append((i, key, ph[key[0]], out_codec_of.get(key, ("float",))))
-        names.append(f"{c['source']}:{c['port']}:{c['direction']}")
+        names.append(crossing_name(c))
     units = sch.units(len(forced), max(n_sample - 1, 0), block)
     fault_at = None
     if fault is not None:

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..bits import bits_per_token
 from ..bundle import Bundle, load_bundle
 from ..errors import BundleError, DataError, SimulationError
 from ..inputs import check_count, check_real, check_token_ids
@@ -221,8 +222,7 @@ def _simulate(bundle: Bundle, prompt_ids: list[int], n_tokens: int, precision: s
         traffic={name: traffic[:, i] for i, name in enumerate(plan.crossings)},
         timesteps_per_token=plan.period, timesteps_why=plan.critical_path, num_steps=steps,
         processes=plan.process_counts(), wall_s=time.perf_counter() - t0,
-        timings={"build_s": res.build_s, "compile_s": res.compile_s, "run_s": res.run_s,
-                 "readout_s": res.readout_s, "total_run_call_s": res.total_s},
+        timings=res.timings(),
         host_compute_s=dict(zip(plan.stages, (float(x) for x in bufs["host_busy"].read()[0]))))
 
 
@@ -250,14 +250,6 @@ class _TokenStream:
         while not stop.is_set() and self.delivered < self.n:
             self.pump()
             stop.wait(0.02)
-
-
-def bits_per_token(logits: np.ndarray, next_ids: list[int]) -> float:
-    """Mean -log2 p(next token) of logits (T, V) for the T tokens that follow them."""
-    z = np.asarray(logits, dtype=np.float64)[: len(next_ids)]
-    z = z - z.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float(-np.mean(logp[np.arange(len(next_ids)), next_ids]) / np.log(2))
 
 
 def equivalence(ir: IR, result: SimulationResult,

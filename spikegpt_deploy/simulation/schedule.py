@@ -49,6 +49,11 @@ DENSE_OPS = ("SpikeLinear", "Linear")
 PLUMBING_CHIP_OPS = ("LIF", "SpikeSum", "StateIn", "StateOut")
 
 
+def crossing_name(crossing: dict[str, Any]) -> str:
+    """'source:port:direction' of one of ``ir.meta['crossings']``: a run's traffic key."""
+    return f"{crossing['source']}:{crossing['port']}:{crossing['direction']}"
+
+
 @dataclass
 class Schedule:
     phase: dict[str, int]               # node -> timestep within its token

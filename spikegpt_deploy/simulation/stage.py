@@ -36,6 +36,7 @@ import numpy as np
 
 from .. import fixed_point as fp
 from ..interpreter import FLOAT_OPS
+from ..ops.linear import graded_input
 from ..sampling import Sampler, SamplingOptions
 
 Key = tuple  # (node id, output port)
@@ -62,7 +63,7 @@ class PortEntry:
     """A slice [start, stop) of a port message that carries ``key``.
 
     codec, outgoing: ('float',) | ('gain', g): g * x | ('current', scale): Lava fixed a_in |
-    ('graded', step, qmax): graded spike payload. Incoming: ('float',) | ('scale', s): an integer
+    ('graded', step, bits): graded spike payload. Incoming: ('float',) | ('scale', s): an integer
     Dense sum times s (the fixed-point readout). coef: the population coefficient of an
     accumulated readout entry.
     """
@@ -125,8 +126,7 @@ def encode(x: np.ndarray, codec: tuple) -> np.ndarray:
     if kind == "current":  # as QUANT_OPS' LIF: saturating round to the 16-bit a_in
         return fp.quantize_current(x, codec[1], overflow="saturate")
     if kind == "graded":   # as QUANT_OPS' graded Linear
-        step, qmax = codec[1], codec[2]
-        return np.clip(np.rint(x / step), -qmax, qmax).astype(np.int32)
+        return graded_input(x, codec[1], codec[2])
     raise ValueError(f"unknown port codec {codec!r}")
 
 

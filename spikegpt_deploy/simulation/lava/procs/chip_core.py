@@ -21,9 +21,6 @@ import typing as ty
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyAsyncProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
-from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.async_protocol import AsyncProtocol
@@ -31,6 +28,7 @@ from lava.proc.lif.models import PyLifModelBitAcc, PyLifModelFloat
 from lava.utils.weightutils import clip_weights, determine_sign_mode, truncate_weights
 
 from spikegpt_deploy.simulation.host import HostPipeRunner
+from spikegpt_deploy.simulation.lava.procs.ports import add_ports, declare_ports, ports_of
 from spikegpt_deploy.simulation.program import ChipProgram, HostProgram, LifSpec
 from spikegpt_deploy.simulation.schedule import StepUnits
 
@@ -230,26 +228,20 @@ class HostPipe(AbstractProcess):
         _ports(self, program.widths["syn"], program.cur_width, spk_width, chip=False)
 
 
+def _directions(chip: bool) -> ty.Dict[str, str]:
+    """Ports of ChipCore (chip) or HostPipe: syn and spk_<r> go to the host, cur_<r> to the chip."""
+    to_host, to_chip = ("out", "in") if chip else ("in", "out")
+    return {"syn": to_host, **{f"{kind}_{r}": to_chip if kind == "cur" else to_host
+                               for r in range(MAX_ROUNDS) for kind in ("cur", "spk")}}
+
+
 def _ports(proc: AbstractProcess, syn: int, cur: ty.List[int], spk: ty.List[int],
            chip: bool) -> None:
     if len(cur) > MAX_ROUNDS:
         raise ValueError(f"{len(cur)} host/chip rounds per timestep; at most {MAX_ROUNDS}")
-    proc.syn = (OutPort if chip else InPort)(shape=(max(syn, 1),))
-    for r in range(MAX_ROUNDS):
-        w_cur = max(cur[r], 1) if r < len(cur) else 1
-        w_spk = max(spk[r], 1) if r < len(spk) else 1
-        setattr(proc, f"cur_{r}", (InPort if chip else OutPort)(shape=(w_cur,)))
-        setattr(proc, f"spk_{r}", (OutPort if chip else InPort)(shape=(w_spk,)))
-
-
-def _declare(model: type, chip: bool) -> type:
-    out_t = LavaPyType(PyOutPort.VEC_DENSE, float)
-    in_t = LavaPyType(PyInPort.VEC_DENSE, float)
-    model.syn = out_t if chip else in_t
-    for r in range(MAX_ROUNDS):
-        setattr(model, f"cur_{r}", in_t if chip else out_t)
-        setattr(model, f"spk_{r}", out_t if chip else in_t)
-    return model
+    shapes = {"syn": (max(syn, 1),), **{f"cur_{r}": (max(w, 1),) for r, w in enumerate(cur)},
+              **{f"spk_{r}": (max(w, 1),) for r, w in enumerate(spk)}}
+    add_ports(proc, _directions(chip), shapes)
 
 
 class _PipeModel(PyAsyncProcessModel):
@@ -264,11 +256,9 @@ class _PipeModel(PyAsyncProcessModel):
     def run_async(self) -> None:
         from threadpoolctl import threadpool_limits
 
-        prog = self.proc_params["program"]
-        ports = {"syn": self.syn, **{f"cur_{r}": getattr(self, f"cur_{r}")
-                                     for r in range(prog.rounds)},
-                 **{f"spk_{r}": getattr(self, f"spk_{r}") for r in range(prog.rounds)}}
-        runner = self.make_runner(ports)
+        rounds = range(self.proc_params["program"].rounds)
+        runner = self.make_runner(ports_of(self, ["syn", *(f"cur_{r}" for r in rounds),
+                                                  *(f"spk_{r}" for r in rounds)]))
         # one BLAS thread: the simulator's processes already share the cores (and a second
         # BLAS thread per process only spins against them)
         with threadpool_limits(limits=1):
@@ -318,7 +308,7 @@ class PyHostPipeModelFixed(_HostPipeModel):
 
 for _m, _chip in ((PyChipCoreModelFloat, True), (PyChipCoreModelFixed, True),
                   (PyHostPipeModelFloat, False), (PyHostPipeModelFixed, False)):
-    _declare(_m, _chip)
+    declare_ports(_m, _directions(_chip))
 
 
 def build_pipeline_network(plan: ty.Any, buffers: ty.Mapping[str, ty.Any]) -> ty.Any:

@@ -17,13 +17,11 @@ import typing as ty
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
-from lava.magma.core.model.py.ports import PyInPort, PyOutPort
-from lava.magma.core.model.py.type import LavaPyType
-from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from spikegpt_deploy.simulation.lava.procs.ports import add_ports, declare_ports, ports_of
 from spikegpt_deploy.simulation.stage import SLOTS, StageRunner
 
 SLOT_KINDS = ("chip_in", "chip_out", "host_in", "host_out")
@@ -44,10 +42,7 @@ class HostStage(AbstractProcess):
             raise ValueError(f"HostStage {name}: no port slots {unknown} (it has {SLOTS['chip']} "
                              f"chip and {SLOTS['host']} host slots per direction)")
         super().__init__(program=program, buffers=buffers, used=sorted(shapes), name=name)
-        for kind in SLOT_KINDS:
-            port_cls = InPort if kind.endswith("_in") else OutPort
-            for slot in slot_names(kind):
-                setattr(self, slot, port_cls(shape=tuple(shapes.get(slot, (1,)))))
+        add_ports(self, {**_directions("chip"), **_directions("host")}, shapes)
 
 
 class _AbstractHostStageModel(PyLoihiProcessModel):
@@ -57,20 +52,16 @@ class _AbstractHostStageModel(PyLoihiProcessModel):
 
     def run_spk(self) -> None:
         if self._runner is None:
-            ports = {slot: getattr(self, slot) for slot in self.proc_params["used"]}
-            self._runner = StageRunner(self.proc_params["program"], ports,
+            self._runner = StageRunner(self.proc_params["program"],
+                                       ports_of(self, self.proc_params["used"]),
                                        self.proc_params["buffers"])
         self._runner.step(self.time_step)
 
 
-def _declare(model: type, chip_type: ty.Any, chip_precision: ty.Optional[int]) -> type:
-    """Give a model class the LavaPyType of every slot (chip slots: ``chip_type``)."""
-    for kind in SLOT_KINDS:
-        port = PyInPort.VEC_DENSE if kind.endswith("_in") else PyOutPort.VEC_DENSE
-        for slot in slot_names(kind):  # precision None: Lava's default (unbounded)
-            setattr(model, slot, LavaPyType(port, chip_type, precision=chip_precision)
-                    if kind.startswith("chip") else LavaPyType(port, float))
-    return model
+def _directions(side: str) -> ty.Dict[str, str]:
+    """The slots to ``side`` ('chip' | 'host') and their directions."""
+    return {slot: kind.split("_")[1] for kind in SLOT_KINDS if kind.startswith(side)
+            for slot in slot_names(kind)}
 
 
 @implements(proc=HostStage, protocol=LoihiProtocol)
@@ -87,5 +78,7 @@ class PyHostStageModelFixed(_AbstractHostStageModel):
     """Chip slots int32 (24-bit payload, as Lava's bit-accurate LIF sends), host slots float64."""
 
 
-_declare(PyHostStageModelFloat, float, None)
-_declare(PyHostStageModelFixed, np.int32, 24)
+for _model, _chip_payload, _chip_precision in ((PyHostStageModelFloat, float, None),
+                                               (PyHostStageModelFixed, np.int32, 24)):
+    declare_ports(_model, _directions("chip"), _chip_payload, _chip_precision)
+    declare_ports(_model, _directions("host"))
