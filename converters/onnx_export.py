@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from spikegpt_deploy.errors import ConversionError
+from spikegpt_deploy.outputs import write_atomic
 from spikegpt_deploy.model import SpikeGPT, SpikeGPTState
 
 log = logging.getLogger(__name__)
@@ -132,19 +133,8 @@ def export_step_onnx(model: SpikeGPT, path: str | os.PathLike, batch_size: int =
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary file next to ``path`` and rename it: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ConversionError(f"cannot write '{path}': {exc}") from exc
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``outputs.write_atomic`` with a write error reported as a ConversionError."""
+    write_atomic(path, data, error=ConversionError)
 
 
 # ---- running and checking an exported step ----------------------------------------------------

@@ -10,10 +10,8 @@ Two formats are read, always with ``torch.load(weights_only=True)`` so that no p
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 from .data import Tokenizer, tokenizer_from_dict
 from .errors import CheckpointError, DeployError
 from .model import SpikeGPT, SpikeGPTConfig
+from .outputs import write_atomic
 
 MODEL_FORMAT = "spikegpt-deploy-model"
 MODEL_FORMAT_VERSION = 1
@@ -233,21 +232,12 @@ def load_model(path: str | Path, **config_overrides: Any) -> SpikeGPT:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"{path}: cannot write ({exc.strerror or exc}); check the "
-                                  f"folder's permissions and free space, or choose another "
-                                  f"path") from None
-        raise
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot create its folder ({exc.strerror or exc}); "
+                              f"choose another path") from None
+    write_atomic(path, lambda tmp: torch.save(obj, tmp), error=CheckpointError)
 
 
 def save_model(model: SpikeGPT, path: str | Path, tokenizer: Tokenizer | None,

@@ -18,6 +18,7 @@ import torch
 
 from hw_profiles import HardwareProfile, load_profile
 
+from .bits import bits_per_token
 from .checkpoint import LoadedModel, file_sha256, load_checkpoint
 from .data import Tokenizer, encode_split, load_corpus
 from .errors import ConversionError, DeployError
@@ -220,12 +221,7 @@ def _bits_per_token(logits: np.ndarray, tokens: np.ndarray) -> float | None:
     """Mean -log2 p(next token) over a (1, T) sequence, from logits (1, T, V)."""
     if tokens.shape[1] < 2:
         return None
-    z = logits[:, :-1].astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    nxt = tokens[:, 1:]
-    picked = np.take_along_axis(logp, nxt[..., None], axis=-1)[..., 0]
-    return float(-picked.mean() / np.log(2))
+    return bits_per_token(logits[0, :-1], tokens[0, 1:])
 
 
 def _ir(ctx: ConvertContext) -> IR:

@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from .errors import DataError
+from .errors import DataError, DeployError
 
 
 def check_output(path: str | Path, option: str, *, folder: bool = False) -> Path:
@@ -41,21 +41,27 @@ def check_output(path: str | Path, option: str, *, folder: bool = False) -> Path
     return out
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+def write_atomic(path: str | Path, data: str | bytes | Callable[[str], None],
+                 error: type[DeployError] = DataError) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so a
+    reader never sees half a file. ``data`` may be a writer that fills the temporary path it is
+    given (e.g. ``torch.save``). An OSError becomes ``error`` naming the path."""
     out = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+        if callable(data):
+            os.close(fd)
+            data(tmp)
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, out)
     except OSError as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        raise DataError(f"{out}: cannot write ({exc.strerror or exc}); check the folder's "
-                        f"permissions and free space, or choose another path") from None
+        raise error(f"{out}: cannot write ({exc.strerror or exc}); check the folder's "
+                    f"permissions and free space, or choose another path") from None
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)

@@ -276,11 +276,9 @@ def write_result(result: dict[str, Any], out_dir: str | Path) -> Path:
     """crosscheck.json beside SANA-FE's input files (written atomically)."""
     import json
 
-    path = Path(out_dir) / "crosscheck.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from ..outputs import write_atomic
+
+    return write_atomic(Path(out_dir) / "crosscheck.json", json.dumps(result, indent=2))
 
 
 def _version() -> str:
