@@ -18,7 +18,7 @@ PACKAGE = "spikegpt_deploy"
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "naming", "signals", "processes", "optional"),
-    ("ir", "ops", "fixed_point", "folded", "bits", "data", "inputs", "outputs", "model"),
+    ("ir", "ops", "fixed_point", "fixed_weights", "folded", "bits", "data", "inputs", "outputs", "model"),
     ("interpreter", "ir_io", "resources", "placement", "sampling", "checkpoint", "evaluation"),
     ("partition", "passes", "training", "model_files"),
     ("convert", "bundle", "bundle_evaluation", "distributed"),
