@@ -1,41 +1,32 @@
-"""The Lava simulation of a bundle against PyTorch, the numpy IR and the quantized emulation.
+"""The Lava simulation of a bundle against PyTorch, the numpy IR and the quantized emulation;
+the GatedLIF process against Lava's LIF, and the network planner (no Lava).
 
 A seeded tiny SpikeGPT (2 layers x 32, LIF-feeding weights x32: firing rates 0.2-0.3) is
 converted once per module; each Lava run is a handful of processes for a few hundred timesteps
 (a few seconds on 2 shared cores). The shipped model, when it exists, gets 64 tokens per precision.
+Errors, clean-up and the simulate command's endings are in test_simulation_errors.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # lava's wheels install a top-level `tests` package
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("lava")
 pytest.importorskip("torch")
 
-from conftest import CLI, pytorch_reference, random_text, save_char_model  # noqa: E402
-from proc_watch import Spawned, descendants  # noqa: E402
+from simulation_helpers import ROOT, TEXT, bundle, model_file  # noqa: E402,F401  (fixtures)
+
+from conftest import pytorch_reference  # noqa: E402
 from spikegpt_deploy import api, simulation  # noqa: E402
 from spikegpt_deploy.simulation import run as simulation_run  # noqa: E402
 from spikegpt_deploy.simulation.lava import runner as lava_runner  # noqa: E402
 from spikegpt_deploy.bundle import load_bundle  # noqa: E402
 from spikegpt_deploy.checkpoint import load_checkpoint  # noqa: E402
 from spikegpt_deploy.data import load_corpus  # noqa: E402
-from spikegpt_deploy.errors import BundleError, DataError, DeployError, SimulationError  # noqa
+from spikegpt_deploy.errors import DataError, DeployError, SimulationError  # noqa: E402
 from spikegpt_deploy.inputs import MAX_TOKENS  # noqa: E402
 from spikegpt_deploy.interpreter import Executor  # noqa: E402
 from spikegpt_deploy.passes.quantize import emulator  # noqa: E402
@@ -45,20 +36,9 @@ from spikegpt_deploy.simulation.plan import plan_network  # noqa: E402
 
 GREEDY = SamplingOptions(temperature=0.0)
 SHIPPED = ROOT / "examples" / "spikegpt-kjv-4x128.pt"
-TEXT = random_text(4000, seed=1)
 
 
 # --------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return save_char_model(tmp_path_factory.mktemp("sim") / "tiny.pt", TEXT, seed=1)
-
-
-@pytest.fixture(scope="module")
-def bundle(model_file) -> Path:
-    return api.convert(model_file, model_file.with_suffix(".bundle"), force=True)[0]
-
-
 @pytest.fixture(scope="module")
 def tiny_ir(bundle):
     return load_bundle(bundle).ir
@@ -77,7 +57,6 @@ def float_run(bundle, prompt) -> simulation.SimulationResult:
 @pytest.fixture(scope="module")
 def fixed_run(bundle, prompt) -> simulation.SimulationResult:
     return simulation.simulate(bundle, prompt, 64, "fixed", GREEDY)
-
 
 
 
@@ -310,118 +289,6 @@ def test_bad_inputs_raise_only_data_errors(tiny_ir, ids, n):
     assert out == ids and all(0 <= t < tiny_ir.config["vocab_size"] for t in out)
     assert all(type(t) is int for t in out) and type(n) is int and 0 <= n <= MAX_TOKENS
 
-
-# ----------------------------------------------------------------------------------- errors
-def _psm() -> set[str]:
-    return {f for f in os.listdir("/dev/shm") if f.startswith("psm_")}
-
-
-def test_tampered_bundle_and_bad_prompts(bundle, tmp_path):
-    import shutil
-    bad = tmp_path / "tampered.bundle"
-    shutil.copytree(bundle, bad)
-    (bad / "ir.json").write_text((bad / "ir.json").read_text() + " ")
-    with pytest.raises(BundleError, match="sha256"):
-        simulation.simulate(bad, [1, 2], 3)
-    with pytest.raises(DataError, match="outside the model's vocabulary"):
-        simulation.simulate_text(bundle, "Thé", 3)
-    with pytest.raises(DataError, match="outside the vocabulary"):
-        simulation.simulate(bundle, [1, 10_000], 3)
-    with pytest.raises(DataError, match="empty"):
-        simulation.simulate(bundle, [], 3)
-    with pytest.raises(SimulationError, match="precision"):
-        simulation.simulate(bundle, [1], 3, "double")
-
-
-def test_host_process_exception_is_reported_and_cleaned_up(bundle, monkeypatch):
-    runners = []
-
-    class Recording(lava_runner.LavaRunner):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            runners.append(self)
-
-    monkeypatch.setattr(lava_runner, "LavaRunner", Recording)
-    before = set(descendants(os.getpid()))
-    t0 = time.monotonic()
-    with pytest.raises(SimulationError, match="injected fault in host stage 'blocks.1' at token 3"):
-        simulation.simulate(bundle, [1, 2, 3], 8, "fixed", host_layout="layers",
-                            fault=("blocks.1", 3))
-    assert time.monotonic() - t0 < 60
-    (runner,) = runners
-    assert runner.last_segments and runner.leftovers() == ([], [])
-    assert set(descendants(os.getpid())) <= before
-
-
-def test_cli_errors_are_one_line(bundle, tmp_path):
-    import shutil
-    tampered = tmp_path / "tampered.bundle"
-    shutil.copytree(bundle, tampered)
-    (tampered / "manifest.json").write_text("{")
-    for target, prompt, expect in ((bundle, "Thé", "outside the model's vocabulary"),
-                                   (tmp_path / "missing", "x", "not a bundle directory"),
-                                   (tampered, "x", "not valid JSON")):
-        p = subprocess.run([*CLI, "simulate", str(target), "--prompt", prompt, "--tokens", "2"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
-        lines = p.stderr.strip().splitlines()
-        assert p.returncode == 1 and len(lines) == 1, p.stderr
-        assert lines[0].startswith("error:") and expect in lines[0] and p.stdout == ""
-    p = subprocess.run([*CLI, "simulate", str(bundle), "--prompt", "x", "--precision", "double"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 2 and "Traceback" not in p.stderr and p.stdout == ""  # click usage
-
-
-def test_cli_json(bundle):
-    p = subprocess.run([*CLI, "simulate", str(bundle), "--prompt", TEXT[:10], "--tokens", "6",
-                        "--precision", "fixed", "--temperature", "0", "--json"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    out = json.loads(p.stdout)
-    assert len(out["generated_ids"]) == 6 and isinstance(out["text"], str)
-    assert out["timesteps_per_token"] == 5 and out["precision"] == "fixed"
-    eq = out["equivalence"]
-    assert eq["spikes_identical"] and eq["generated_tokens_identical"]
-    assert eq["max_abs_logit_diff"] < 1e-5 and "tokens/s" not in p.stdout
-    assert "tok/s" not in p.stderr  # progress lines go to a terminal only, not into a pipe
-
-
-# How each ending ends the command: its exit code and the last line on stderr.
-CLI_ENDINGS = {
-    "return": (0, "tokens in Lava float"),
-    "error": (1, "error: Lava run (floating_pt"),          # --timeout hit mid-run
-    "SIGINT": (128 + signal.SIGINT, "interrupted (SIGINT)"),
-    "SIGTERM": (128 + signal.SIGTERM, "interrupted (SIGTERM)"),
-    "SIGHUP": (128 + signal.SIGHUP, "interrupted (SIGHUP)"),
-    "SIGKILL": (-signal.SIGKILL, None),                    # no handler runs: the run's child cleans
-}
-
-
-@pytest.mark.parametrize("ending", list(CLI_ENDINGS))
-def test_cli_simulate_leaves_nothing_behind(bundle, ending):
-    """Every way a ``simulate`` can end leaves no process and no /dev/shm segment of the run:
-    right away when the command's own code runs to the end, within seconds after a SIGKILL of
-    the command (the run's child watches its parent)."""
-    tokens = {"return": "2000", "error": "100000"}.get(ending, "100000")  # return: >= seconds
-    timeout = ["--timeout", "40"] if ending == "error" else []
-    with Spawned([*CLI, "simulate", str(bundle), "--prompt", TEXT[:10], "--tokens", tokens,
-                  "--temperature", "0", *timeout], cwd=ROOT) as run:
-        # until the Lava network runs and tokens stream out of it
-        started = run.wait_until(lambda: len(run.seen) >= 6 and run.segments  # all 6 up
-                                 and (run.output()[0] or run.proc.poll() is not None), 180)
-        assert started and run.segments, f"the simulation did not start: {run.output()}"
-        if ending.startswith("SIG"):
-            assert run.proc.poll() is None, run.output()
-            run.proc.send_signal(getattr(signal, ending))
-        rc = run.wait_exit(180)
-        out, err = run.output()
-        want_rc, want_line = CLI_ENDINGS[ending]
-        assert rc == want_rc, (rc, err[-2000:])
-        if ending == "SIGKILL":
-            assert run.wait_until(lambda: not run.survivors() and not run.leftover_segments(),
-                                  30), (run.survivors(), run.leftover_segments())
-        else:
-            assert "Traceback" not in err and want_line in err.strip().splitlines()[-1], err[-2000:]
-            assert run.survivors() == [] and run.leftover_segments() == []
 
 
 # ---------------------------------------------------------------------------- shipped model
