@@ -11,43 +11,16 @@ from click.testing import CliRunner
 
 from hw_profiles import load_profile
 from spikegpt_deploy.cli import main
-from spikegpt_deploy.ir import IR, Port
-from spikegpt_deploy.partition import partition
+from spikegpt_deploy.ir import IR
 from spikegpt_deploy.profiling import count_ops, price_target
 from spikegpt_deploy.profiling.latency import core_times, token_latency, token_latency_for
 from spikegpt_deploy.resources import map_resources
 
+from profiling_helpers import SPIKES_HAND, W_HAND, hand_ir
+
 SHIPPED = Path(__file__).resolve().parent.parent / "examples" / "spikegpt-kjv-4x128.pt"
 # Davies et al. 2018 Table 2 (the loihi2 profile's [timing]), ns
 T_SYN, T_ACT, T_IDLE, T_MSG, T_HOP, T_BARRIER = 3.5, 8.4, 5.3, 2.1, 6.5, 465.0
-
-
-def _two_layer_ir(weight: np.ndarray) -> IR:
-    """Layer blocks.0: a LIF fed by the float embedding row (host). Layer head: a SpikeSum of the
-    embedding spikes and 2 x the LIF spikes, and a SpikeLinear on it whose sums go to the host."""
-    width = weight.shape[1]
-    ir = IR({"vocab_size": 5, "n_embd": width, "n_layer": 1, "binary_embedding": True})
-    ir.add_node("tokens", "Input", attrs={"name": "tokens"})
-    ir.add_node("emb", "Embedding", [Port("tokens")], module="emb",
-                params={"weight": np.arange(5 * width, dtype=np.float32).reshape(5, width) - 8})
-    ir.add_node("emb.heaviside", "Heaviside", [Port("emb")], module="emb")
-    ir.add_node("state_in.lif1_v.0", "StateIn", attrs={"state": "lif1_v.0", "init": 0.0},
-                module="blocks.0")
-    ir.add_node("blocks.0.lif1", "LIF", [Port("emb"), Port("state_in.lif1_v.0")],
-                module="blocks.0.lif1", attrs={"threshold": 1.0, "tau": 2.0})
-    ir.add_node("state_out.lif1_v.0", "StateOut", [Port("blocks.0.lif1", 1)],
-                attrs={"state": "lif1_v.0"}, module="blocks.0")
-    ir.add_node("ln_out.counts", "SpikeSum", [Port("emb.heaviside"), Port("blocks.0.lif1")],
-                module="ln_out", attrs={"coefficients": [1, 2]})
-    ir.add_node("head.spikes", "SpikeLinear", [Port("ln_out.counts")], module="head",
-                params={"weight": weight.astype(np.float32)}, attrs={"source": "stream_counts"})
-    ir.add_node("logits", "Output", [Port("head.spikes")], attrs={"name": "logits"})
-    return partition(ir, load_profile("loihi2"), "spikes")
-
-
-W_HAND = np.array([[1, 0, 2, 0], [0, 0, 1, 0], [3, 0, 0, -1]])
-SPIKES_HAND = {"emb": np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]]),
-               "blocks.0.lif1": np.array([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]])}
 
 
 def _price(ir: IR, spikes: dict, **kw) -> dict:
@@ -57,7 +30,7 @@ def _price(ir: IR, spikes: dict, **kw) -> dict:
 
 
 def test_hand_computed_per_core_times() -> None:
-    ir = _two_layer_ir(W_HAND)
+    ir = hand_ir(W_HAND)
     step = _price(ir, SPIKES_HAND)["latency"]["timestep"]
     nodes = step["nodes"]
     # LIF: 4 neurons, all active each token (dense float input from the host); spikes per neuron
@@ -86,7 +59,7 @@ def test_hand_computed_per_core_times() -> None:
 
 
 def test_a_node_split_over_cores_is_timed_per_core() -> None:
-    ir = _two_layer_ir(W_HAND)
+    ir = hand_ir(W_HAND)
     counts = count_ops(ir, SPIKES_HAND)
     times = {"synaptic_op": T_SYN, "neuron_update": T_ACT, "neuron_update_idle": T_IDLE,
              "spike_local": T_MSG}
@@ -100,7 +73,7 @@ def test_a_node_split_over_cores_is_timed_per_core() -> None:
 
 def test_doubling_input_spikes_raises_the_synapse_bound_core_time() -> None:
     width = 8
-    ir = _two_layer_ir(np.ones((4, width)))
+    ir = hand_ir(np.ones((4, width)))
     quiet = np.zeros((2, width), dtype=np.uint8)
     base = np.zeros((2, width), dtype=np.uint8)
     base[:, :3] = 1
@@ -116,7 +89,7 @@ def test_doubling_input_spikes_raises_the_synapse_bound_core_time() -> None:
 
 
 def test_token_latency_terms_and_static_energy() -> None:
-    ir = _two_layer_ir(W_HAND)
+    ir = hand_ir(W_HAND)
     price = _price(ir, SPIKES_HAND, timesteps=7)
     tok = price["latency"]["token"]
     assert tok["chip_ns"] == pytest.approx(7 * price["latency"]["timestep"]["timestep_ns"])
@@ -140,7 +113,7 @@ def test_missing_timing_figure_is_unsupported_not_zero(tmp_path: Path) -> None:
     path = tmp_path / "nobarrier.toml"
     path.write_text("\n".join(lines).replace('name = "loihi2"', 'name = "nobarrier"'),
                     encoding="utf-8")
-    ir = _two_layer_ir(W_HAND)
+    ir = hand_ir(W_HAND)
     chip = load_profile(path)
     price = price_target(count_ops(ir, SPIKES_HAND), chip, resources=map_resources(ir, chip))
     assert price["latency"]["timestep"] is None

@@ -7,13 +7,13 @@ import pytest
 from hw_profiles import load_profile
 from spikegpt_deploy.placement import Mesh, route
 from spikegpt_deploy.profiling import core_mapping, count_ops, price_target
-from test_latency import SPIKES_HAND, W_HAND, _two_layer_ir
+from profiling_helpers import SPIKES_HAND, W_HAND, hand_ir
 
 E_HOP, T_HOP, T_BARRIER = 4.0, 6.5, 465.0   # loihi2 [energy] / [timing] spike_hop, barrier
 
 
 def test_two_layers_with_different_hops_get_their_own_noc_energy() -> None:
-    ir = _two_layer_ir(W_HAND)
+    ir = hand_ir(W_HAND)
     chip = load_profile("loihi2")                 # one core per tile
     mapping = core_mapping(ir, chip)
     placement = mapping["placement"]
@@ -40,7 +40,7 @@ def test_two_layers_with_different_hops_get_their_own_noc_energy() -> None:
 
 
 def test_cores_of_one_tile_take_no_hop() -> None:
-    ir = _two_layer_ir(W_HAND)
+    ir = hand_ir(W_HAND)
     chip = load_profile("loihi")                  # 4 cores per tile: the 4 units share one
     price = price_target(count_ops(ir, SPIKES_HAND), chip, resources=core_mapping(ir, chip),
                          host_timing=load_profile("cpu"))
@@ -61,7 +61,7 @@ def test_route_weights_cores_by_neurons_and_counts_chip_hops() -> None:
 
 
 def test_given_hops_override_the_placement() -> None:
-    ir = _two_layer_ir(W_HAND)
+    ir = hand_ir(W_HAND)
     chip = load_profile("loihi2")
     price = price_target(count_ops(ir, SPIKES_HAND), chip, hops=3.0,
                          resources=core_mapping(ir, chip), host_timing=load_profile("cpu"))

@@ -16,13 +16,12 @@ from converters.torch_capture import capture_ir
 from hw_profiles import load_profile
 from spikegpt_deploy.errors import ConversionError, DataError
 from spikegpt_deploy.interpreter import FLOAT_OPS, Executor, annotate_shapes
-from spikegpt_deploy.ir import IR, Port
 from spikegpt_deploy.partition import partition
 from spikegpt_deploy.passes.fold import fold_layernorm
 from spikegpt_deploy.profiling import ann_op_counts, count_ops, op_cost, record_spikes_pytorch
 
 from conftest import make_tiny_model
-from profiling_helpers import SCALE, ids, tiny  # noqa: F401  (fixtures)
+from profiling_helpers import SCALE, SPIKES_HAND, hand_ir, ids, tiny  # noqa: F401  (fixtures)
 
 
 def _chip_ir(model):
@@ -30,35 +29,8 @@ def _chip_ir(model):
 
 
 # ---- a hand-checkable IR ------------------------------------------------------------------------
-def _hand_ir() -> IR:
-    """tokens -> Embedding (5 x 4) -> Heaviside 'emb' -> SpikeSum(emb + 2 lif) -> SpikeLinear (3 x 4)
-    -> logits; the LIF 'blocks.0.lif1' reads the float embedding row."""
-    ir = IR({"vocab_size": 5, "n_embd": 4, "n_layer": 1, "binary_embedding": True})
-    ir.add_node("tokens", "Input", attrs={"name": "tokens"})
-    ir.add_node("emb", "Embedding", [Port("tokens")], module="emb",
-                params={"weight": np.arange(20, dtype=np.float32).reshape(5, 4) - 8})
-    ir.add_node("emb.heaviside", "Heaviside", [Port("emb")], module="emb")
-    ir.add_node("state_in.lif1_v.0", "StateIn", attrs={"state": "lif1_v.0", "init": 0.0},
-                module="blocks.0")
-    ir.add_node("blocks.0.lif1", "LIF", [Port("emb"), Port("state_in.lif1_v.0")],
-                module="blocks.0.lif1", attrs={"threshold": 1.0, "tau": 2.0})
-    ir.add_node("state_out.lif1_v.0", "StateOut", [Port("blocks.0.lif1", 1)],
-                attrs={"state": "lif1_v.0"}, module="blocks.0")
-    ir.add_node("ln_out.counts", "SpikeSum", [Port("emb.heaviside"), Port("blocks.0.lif1")],
-                module="ln_out", attrs={"coefficients": [1, 2]})
-    W = np.array([[1, 0, 2, 0], [0, 0, 1, 0], [3, 0, 0, -1]], dtype=np.float32)
-    ir.add_node("head.spikes", "SpikeLinear", [Port("ln_out.counts")], module="head",
-                params={"weight": W}, attrs={"source": "stream_counts"})
-    ir.add_node("logits", "Output", [Port("head.spikes")], attrs={"name": "logits"})
-    return partition(ir, load_profile("loihi2"), "spikes")
-
-
-HAND_SPIKES = {"emb": np.array([[1, 0, 1, 0], [0, 0, 0, 0], [1, 1, 1, 1]]),
-               "blocks.0.lif1": np.array([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]])}
-
-
 def test_hand_counts_match_hand_arithmetic():
-    c = count_ops(_hand_ir(), HAND_SPIKES)
+    c = count_ops(hand_ir(), SPIKES_HAND)
     # n = emb + 2 lif = [[1,2,3,0],[0,0,0,2],[1,1,1,1]]; column nnz of W = [2,0,2,1]
     lin = c.linears["head.spikes"]
     assert lin["input"] == "integer" and lin["events"] == 3 + 1 + 4
@@ -91,17 +63,17 @@ def test_hand_counts_match_hand_arithmetic():
 
 
 def test_bad_inputs_raise_our_errors():
-    ir = _hand_ir()
+    ir = hand_ir()
     with pytest.raises(DataError, match="no spikes for population 'blocks.0.lif1'"):
-        count_ops(ir, {"emb": HAND_SPIKES["emb"]})
+        count_ops(ir, {"emb": SPIKES_HAND["emb"]})
     with pytest.raises(DataError, match="not binary"):
-        count_ops(ir, {**HAND_SPIKES, "emb": HAND_SPIKES["emb"] * 2})
+        count_ops(ir, {**SPIKES_HAND, "emb": SPIKES_HAND["emb"] * 2})
     with pytest.raises(DataError, match="same tokens"):
-        count_ops(ir, {**HAND_SPIKES, "emb": HAND_SPIKES["emb"][:2]})
-    bare = _hand_ir()
+        count_ops(ir, {**SPIKES_HAND, "emb": SPIKES_HAND["emb"][:2]})
+    bare = hand_ir()
     del bare.meta["partition"]
     with pytest.raises(ConversionError, match="partitioned"):
-        count_ops(bare, HAND_SPIKES)
+        count_ops(bare, SPIKES_HAND)
 
 
 # ---- counts on a real tiny model ----------------------------------------------------------------
