@@ -27,7 +27,8 @@ from .interpreter import Executor, SequenceResult
 from .ir import IR
 from .partition import POLICIES, partition
 from .passes.fold import fold_layernorm
-from .passes.quantize import emulator, quantize, spike_linear_inputs, stats_of_run
+from .passes.quantize import (emulator, needs_grams, quantize, spike_linear_inputs,
+                              stats_of_run)
 from .resources import map_resources
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class ConvertOptions:
     weight_bits: int = 8
     graded_bits: int = 8
     scales: str = "channel"             # SpikeLinear scales: 'channel' | 'layer'
-    rounding: str = "gptq"              # SpikeLinear rounding: 'gptq' | 'nearest'
+    rounding: str = "auto"              # SpikeLinear rounding: 'auto' | 'gptq' | 'nearest'
     quality_budget: float | None = None  # bits/token of quantization cost: bits per chip linear
     calibration: str | None = None      # 'kjv' | text path | None: seeded random tokens
     calibration_tokens: int = 128     # = check_tokens: one float run serves both
@@ -154,7 +155,9 @@ def step_quantize(ctx: ConvertContext) -> None:
     ctx.calibration_ids = ids[None, :-1]
     x, y = _calibration_windows(ctx, ids)
     same = x.shape == ctx.calibration_ids.shape  # one sequence: the run below calibrates
-    gram_of = spike_linear_inputs(_ir(ctx)) if same and opts.rounding == "gptq" else ()
+    grams = opts.quality_budget is not None and opts.rounding != "nearest" or \
+        needs_grams(opts.rounding, opts.weight_bits, scales=opts.scales)
+    gram_of = spike_linear_inputs(_ir(ctx)) if same and grams else ()
     # One float run gives the calibration's peaks and grams and, for the check, the float IR's
     # logits and spikes: quantize only annotates chip nodes, so the float program it leaves is
     # this one.

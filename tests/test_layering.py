@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "spikegpt_deploy"
 
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "naming", "signals", "processes", "optional"),
+    ("errors", "naming", "signals", "processes", "optional", "threads"),
     ("ir", "ops", "fixed_point", "fixed_weights", "folded", "bits", "data", "inputs", "outputs", "model"),
     ("interpreter", "ir_io", "resources", "placement", "sampling", "checkpoint", "evaluation"),
     ("partition", "passes", "training", "model_files"),

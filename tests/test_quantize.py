@@ -15,7 +15,7 @@ from spikegpt_deploy import fixed_point as fp
 from spikegpt_deploy.errors import ConversionError
 from spikegpt_deploy.partition import partition
 from spikegpt_deploy.passes.fold import fold_layernorm
-from spikegpt_deploy.passes.quantize import calibration_stats, emulator, quantize
+from spikegpt_deploy.passes.quantize import calibration_stats, emulator, needs_grams, quantize
 
 
 # ---- quantize ---------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_channel_scales_and_gptq_lower_the_output_error() -> None:
     stats = calibration_stats(placed, CALIBRATION)
     for bits in (2, 4, 6, 8):
         qmax = 2 ** (bits - 1) - 1
-        g = quantize(placed, CALIBRATION, bits, stats=stats)
+        g = quantize(placed, CALIBRATION, bits, rounding="gptq", stats=stats)
         r = quantize(placed, CALIBRATION, bits, rounding="nearest", stats=stats)
         assert g.meta["quantization"]["scales"] == "channel"
         for n, eg in g.meta["quantization"]["layers"].items():
@@ -168,6 +168,35 @@ def test_channel_scales_and_gptq_lower_the_output_error() -> None:
             assert np.all(np.abs(err[~clipped]) <= (scale[:, None] / 2 + 1e-12)
                           .repeat(w.shape[1], 1)[~clipped])
             assert eg["output_mse"] <= er["output_mse"] * (1 + 1e-9), (bits, n)
+
+
+def test_auto_rounding_is_gptq_below_8_bits_and_nearest_at_8() -> None:
+    """The default rounding: each chip SpikeLinear gets exactly what the explicit rounding of
+    its width gives (GPTQ below 8 bits, nearest at 8), also in a per-layer mix of widths; at 8
+    bits every row's scale is max |w| / 127 (no clipping search)."""
+    placed = partition(fold_layernorm(model_ir("RWKV", 2)), LOIHI2)
+    stats = calibration_stats(placed, CALIBRATION)
+    linears = [n for n in placed.topological() if placed.node(n)["op"] == "SpikeLinear"]
+    mix = {linears[0]: 4, linears[-1]: 6}
+    auto = quantize(placed, CALIBRATION, 8, layer_bits=mix, stats=stats)
+    assert auto.meta["quantization"]["rounding"] == "auto"
+    for bits, rounding in ((8, "nearest"), (4, "gptq"), (6, "gptq")):
+        explicit = quantize(placed, CALIBRATION, bits, rounding=rounding, stats=stats)
+        for n in linears:
+            if mix.get(n, 8) != bits:
+                continue
+            assert auto.meta["quantization"]["layers"][n]["rounding"] == rounding
+            for key in ("weight_q", "weight_scale"):
+                assert np.array_equal(auto.node(n)["params"][key],
+                                      explicit.node(n)["params"][key]), (n, key)
+            if bits == 8:
+                w = placed.node(n)["params"]["weight"].astype(np.float64)
+                assert np.array_equal(auto.node(n)["params"]["weight_scale"],
+                                      np.abs(w).max(axis=1) / 127)
+    assert needs_grams("auto", 8) is False and needs_grams("auto", 8, {"x": 4}) is True
+    assert needs_grams("gptq", 8) is True and needs_grams("gptq", 4, scales="layer") is False
+    with pytest.raises(ConversionError, match="rounding"):
+        quantize(placed, CALIBRATION, 8, rounding="best", stats=stats)
 
 
 @pytest.mark.parametrize("policy", ["spikes", "graded"])

@@ -29,9 +29,10 @@ from .common import (echo_json, handle_errors, json_option, model_options, overr
 @click.option("--scales", type=click.Choice(["channel", "layer"]), default="channel",
               show_default=True, help="SpikeLinear weight scales: one per output channel (read "
                                       "by the host) or one power of two per layer.")
-@click.option("--rounding", type=click.Choice(["gptq", "nearest"]), default="gptq",
+@click.option("--rounding", type=click.Choice(["auto", "gptq", "nearest"]), default="auto",
               show_default=True, help="SpikeLinear rounding: error-compensating (GPTQ, on the "
-                                      "calibration inputs) or to nearest.")
+                                      "calibration inputs), to nearest, or auto: GPTQ below 8 "
+                                      "bits, nearest at 8.")
 @click.option("--graded-bits", default=8, show_default=True, type=int)
 @click.option("--calibration", default=None,
               help="'kjv' or a text file for calibrating fixed-point ranges (default: seeded "

@@ -97,7 +97,7 @@ def _with_bits(base: IR, options: dict[str, dict[int, ChannelQuantized]], mix: d
 
 
 def plan_bits(ir: IR, x: np.ndarray, y: np.ndarray, budget: float, capacity: Capacity,
-              rounding: str = "gptq", stats: CalibrationStats | None = None
+              rounding: str = "auto", stats: CalibrationStats | None = None
               ) -> tuple[IR, BitPlan]:
     """Choose bits per chip SpikeLinear for a partitioned IR (see the module docstring); returns
     the quantized IR and the plan. x, y: calibration windows and their next tokens (B, T)."""
@@ -108,7 +108,7 @@ def plan_bits(ir: IR, x: np.ndarray, y: np.ndarray, budget: float, capacity: Cap
         x_fit, (x, y) = x[0::2], (x[1::2], y[1::2])
     else:
         x_fit = x
-    stats = stats or calibration_stats(ir, x_fit, grams=rounding == "gptq")
+    stats = stats or calibration_stats(ir, x_fit, grams=rounding != "nearest")
     base = quantize(ir, x_fit, 8, scales="channel", rounding=rounding, stats=stats)
     nodes = [n for n in base.topological() if base.node(n)["op"] == "SpikeLinear"
              and base.node(n).get("placement", HOST) != HOST]

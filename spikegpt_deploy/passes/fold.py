@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..folded import fold_weight
+from ..threads import row_blocks, thread_map
 from ..ir import IR, Port
 
 F32 = np.float32
@@ -180,14 +181,18 @@ def _folded_params(source: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray
 
 
 def _row_dots(W: np.ndarray, vecs: np.ndarray) -> np.ndarray:
-    """W @ vecs.T in float64, in row blocks of W."""
+    """W @ vecs.T in float64, in row blocks of W (spread over the cores)."""
     out = np.empty((W.shape[0], vecs.shape[0]), np.float64)
-    step = max(1, (1 << 20) // max(1, W.shape[1]))
-    buf = np.empty((min(step, W.shape[0]), W.shape[1]), np.float64)  # reused, no allocations
-    for i in range(0, W.shape[0], step):
-        rows = W[i:i + step]
-        np.copyto(buf[:rows.shape[0]], rows)
-        np.dot(buf[:rows.shape[0]], vecs.T, out=out[i:i + rows.shape[0]])
+    step = max(1, (1 << 16) // max(1, W.shape[1]))
+
+    def block(span: tuple[int, int]) -> None:
+        buf = np.empty((min(step, W.shape[0]), W.shape[1]), np.float64)  # reused, per thread
+        for i in range(span[0], span[1], step):
+            rows = W[i:min(span[1], i + step)]
+            np.copyto(buf[:rows.shape[0]], rows)
+            np.dot(buf[:rows.shape[0]], vecs.T, out=out[i:i + rows.shape[0]])
+
+    thread_map(block, row_blocks(W.shape[0]))
     return out
 
 

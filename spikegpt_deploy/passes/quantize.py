@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .. import fixed_point as fp
 from .. import ops
@@ -32,7 +33,8 @@ from ..ir import HOST, IR
 # the emulation's integer arithmetic lives with the linears' fixed-point forms; kept importable here
 from ..ops.linear import (IntegerWeights, graded_input, integer_matmul,  # noqa: F401
                           readout_scale)
-from .rounding import GptqFactor, gptq_factor, quantize_channels
+from ..threads import thread_map
+from .rounding import ROUNDINGS, ChannelQuantized, gptq_factor, quantize_channels, rounding_for
 
 F32 = np.float32
 LIF_INPUT_MARGIN = 2.0  # calibrated max |current| x margin must fit the 16-bit a_in
@@ -85,12 +87,18 @@ def _scale_bits_for(peak: float) -> int:
 
 
 SCALES = ("channel", "layer")
-ROUNDINGS = ("gptq", "nearest")
+
+
+def needs_grams(rounding: str, weight_bits: int, layer_bits: Mapping[str, int] | None = None,
+                scales: str = "channel") -> bool:
+    """Whether some chip SpikeLinear will be rounded by GPTQ (so calibration must keep grams)."""
+    widths = {int(weight_bits), *(int(b) for b in (layer_bits or {}).values())}
+    return scales == "channel" and any(rounding_for(rounding, b) == "gptq" for b in widths)
 
 
 def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
              layer_bits: dict[str, int] | None = None, scales: str = "channel",
-             rounding: str = "gptq", stats: CalibrationStats | None = None,
+             rounding: str = "auto", stats: CalibrationStats | None = None,
              peaks: dict[tuple[str, int], float] | None = None) -> IR:
     """Annotate chip nodes with fixed-point parameters (see the module docstring); new IR.
 
@@ -98,7 +106,9 @@ def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
     'channel' gives each output channel of a SpikeLinear its own float scale (the host applies
     it to the integer sum it reads), 'layer' one power-of-two exponent per layer; ``rounding``
     'gptq' rounds SpikeLinear weights against their calibration inputs (``rounding.py``),
-    'nearest' to the nearest mantissa. ``stats``: a calibration run already made on these
+    'nearest' to the nearest mantissa, 'auto' GPTQ below 8 bits and nearest at 8. The
+    per-channel matrices are quantized on all usable cores (``threads.thread_map``).
+    ``stats``: a calibration run already made on these
     tokens (``calibration_stats``), so that several quantizations share it; ``peaks``:
     ``calibrate(ir, calibration_tokens)`` when the caller has run it already (enough for
     rounding 'nearest').
@@ -116,13 +126,15 @@ def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
                                         and out.node(n).get("placement", HOST) != HOST})
     if unknown:
         raise ConversionError(f"per-layer weight bits for {unknown}: not chip linears")
-    if stats is None and peaks is not None and rounding == "nearest":
+    grams_needed = needs_grams(rounding, weight_bits, layer_bits, scales)
+    if stats is None and peaks is not None and not grams_needed:
         stats = CalibrationStats(peaks, {})
     if stats is None:
-        stats = calibration_stats(out, calibration_tokens, grams=rounding == "gptq")
+        stats = calibration_stats(out, calibration_tokens, grams=grams_needed)
     peaks, grams = stats.peaks, stats.grams
     report: dict[str, dict[str, Any]] = {}
-    factors: dict[tuple[str, int], GptqFactor] = {}  # one per input port, shared by its readers
+    channel = _quantize_channel_linears(out, weight_bits, layer_bits, rounding, grams) \
+        if scales == "channel" else {}
     for n in out.topological():
         d = out.node(n)
         if d.get("placement", HOST) == HOST:
@@ -141,12 +153,7 @@ def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
                          "input_peak": peaks.get((src.node, src.port), 0.0),
                          "current_step": 2.0 ** -sbits}
         elif d["op"] == "SpikeLinear" and scales == "channel":
-            src = out.inputs(n)[0]
-            gram = grams.get((src.node, src.port))
-            if rounding == "gptq" and gram is not None and (src.node, src.port) not in factors:
-                factors[(src.node, src.port)] = gptq_factor(gram)
-            q = quantize_channels(d["params"]["weight"], bits, gram, rounding,
-                                  factors.get((src.node, src.port)))
+            q = channel[n]
             d["params"]["weight_q"] = q.mantissa.astype(np.int8, copy=False)  # the chip's width
             d["params"]["weight_scale"] = q.scale
             d["attrs"] = {k: v for k, v in d["attrs"].items()
@@ -175,6 +182,34 @@ def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
                                 "calibration_tokens": int(np.asarray(calibration_tokens).size)}
     out.passes.append("quantize")
     return out
+
+
+def _quantize_channel_linears(ir: IR, weight_bits: int, layer_bits: Mapping[str, int],
+                              rounding: str, grams: Mapping[tuple[str, int], np.ndarray]
+                              ) -> dict[str, ChannelQuantized]:
+    """Per-channel quantization of every chip SpikeLinear, the matrices spread over the cores.
+    Matrices that read the same input port share one GPTQ factor (computed first)."""
+    jobs = []
+    for n in ir.topological():
+        d = ir.node(n)
+        if d["op"] == "SpikeLinear" and d.get("placement", HOST) != HOST:
+            src = ir.inputs(n)[0]
+            bits = int(layer_bits.get(n, weight_bits))
+            jobs.append((n, bits, (src.node, src.port)))
+    ports = sorted({port for _, bits, port in jobs
+                    if rounding_for(rounding, bits) == "gptq" and port in grams})
+    factors = dict(zip(ports, thread_map(lambda p: gptq_factor(grams[p]), ports)))
+
+    def one(job: tuple[str, int, tuple[str, int]]) -> ChannelQuantized:
+        n, bits, port = job
+        return quantize_channels(ir.node(n)["params"]["weight"], bits, grams.get(port),
+                                 rounding, factors.get(port))
+
+    # the widest matrices first, so that no core is left with one big matrix at the end; one
+    # BLAS thread each, as the matrices already keep every core busy
+    jobs.sort(key=lambda j: -ir.node(j[0])["params"]["weight"].size)
+    with threadpool_limits(1, user_api="blas"):
+        return dict(zip((n for n, _, _ in jobs), thread_map(one, jobs)))
 
 
 def _quantize_graded_linear(ir: IR, n: str, peaks: dict, weight_bits: int) -> dict[str, Any]:

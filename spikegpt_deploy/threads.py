@@ -1,0 +1,42 @@
+"""Independent array jobs on the machine's cores, in threads of this process.
+
+numpy's loops and BLAS release the GIL, so row blocks or whole matrices handled by separate
+threads run in parallel with no copies and no extra processes (nothing can outlive the command).
+Used where a step is many such jobs: folding, quantizing and rebuilding the chip matrices.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
+    """[fn(x) for x in items], run on up to ``workers`` threads (default: the usable cores),
+    results in the items' order; the first exception is raised after the running jobs end."""
+    items = list(items)
+    n = min(len(items), workers or usable_cores())
+    if n <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikegpt-deploy") as pool:
+        return list(pool.map(fn, items))
+
+
+def row_blocks(rows: int, parts: int | None = None) -> list[tuple[int, int]]:
+    """``rows`` split into up to ``parts`` (default: the usable cores) contiguous [start, stop)
+    blocks whose sizes differ by at most one."""
+    parts = max(1, min(parts or usable_cores(), rows))
+    edges = [rows * k // parts for k in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
