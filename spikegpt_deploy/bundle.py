@@ -26,13 +26,15 @@ import logging
 import os
 import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from hw_profiles import HardwareProfile, load_profile
 
-from .convert import ConvertContext
+from .convert import ConvertContext, ConvertOptions
 from .data import Tokenizer, tokenizer_from_dict
 from .errors import BundleError, ConversionError, DeployError, ProfileError
 from .ir import IR
@@ -115,27 +117,74 @@ def write_bundle(ctx: ConvertContext, out_dir: str | Path, force: bool = False,
     refuse_existing(out, force)
     if ctx.ir is None or ctx.loaded is None or ctx.profile is None:
         raise ConversionError("internal: the conversion pipeline did not finish")
+    with _staging(out) as tmp:
+        _writing(out, lambda: _write_files(ctx, tmp, emitters))
+        _writing(out, lambda: _swap_in(tmp, out, force))
+    return out
+
+
+def convert_to_bundle(source: str | Path, options: ConvertOptions, out_dir: str | Path,
+                      force: bool = False) -> tuple[Path, ConvertContext]:
+    """``convert.run_pipeline`` and ``write_bundle`` as one job: the IR files, nearly all of the
+    bundle's bytes, are written by a second thread while the steps that only read the final IR
+    (``convert.READ_ONLY_STEPS``: the equivalence check) run, and the manifest once they are
+    done. A failing step leaves nothing behind, as with ``write_bundle``."""
+    from .convert import READ_ONLY_STEPS, run_pipeline
+
+    out = Path(out_dir)
+    refuse_existing(out, force)
+    digests: dict[str, str] = {}
+    with _staging(out) as tmp, ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="spikegpt-deploy-write") as pool:
+        saving: list[tuple[IR, Future]] = []
+
+        def before_step(name: str, ctx: ConvertContext) -> None:
+            if name in READ_ONLY_STEPS and not saving and ctx.ir is not None:
+                saving.append((ctx.ir, pool.submit(save_ir, ctx.ir, tmp, digests=digests)))
+
+        ctx = run_pipeline(source, options, before_step=before_step)
+        ir_files = None
+        if saving:
+            saved_ir, future = saving[0]
+            ir_files = _writing(out, future.result)
+            if saved_ir is not ctx.ir:  # a step changed the IR after all: write it again
+                ir_files = None
+        _writing(out, lambda: _write_files(ctx, tmp, None, ir_files, digests))
+        _writing(out, lambda: _swap_in(tmp, out, force))
+    return out, ctx
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary directory beside ``out``, removed unless it has been renamed to ``out``."""
+    tmp = _writing(out, lambda: (out.parent.mkdir(parents=True, exist_ok=True),
+                                 Path(tempfile.mkdtemp(prefix=f".{out.name}.",
+                                                       dir=out.parent)))[1])
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            _write_files(ctx, tmp, emitters)
-            _swap_in(tmp, out, force)
-        except BaseException:
+        yield tmp
+    finally:
+        if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+
+def _writing(out: Path, action: Callable[[], Any]) -> Any:
+    """``action()``, with an OSError turned into a BundleError that says what to do."""
+    try:
+        return action()
     except OSError as exc:
         raise BundleError(f"cannot write the bundle {out} ({exc}); check that its parent "
                           f"directory is writable and has free space, or choose another -o"
                           ) from None
-    return out
 
 
-def _write_files(ctx: ConvertContext, tmp: Path, emitters: list[str] | None) -> None:
-    """Every bundle file, the manifest last, into the (temporary) directory ``tmp``."""
+def _write_files(ctx: ConvertContext, tmp: Path, emitters: list[str] | None,
+                 ir_files: list[str] | None = None, digests: dict[str, str] | None = None
+                 ) -> None:
+    """Every bundle file, the manifest last, into the (temporary) directory ``tmp``
+    (``ir_files``: the IR files already written there, their sha256 in ``digests``)."""
     assert ctx.ir is not None
-    digests: dict[str, str] = {}
-    files = save_ir(ctx.ir, tmp, digests=digests)
+    digests = {} if digests is None else digests
+    files = list(ir_files) if ir_files is not None else save_ir(ctx.ir, tmp, digests=digests)
     emitted: dict[str, Any] = {}
     wanted = emitters or []
     unknown = sorted(set(wanted) - {name for name, _ in EMITTERS})

@@ -5,6 +5,7 @@ commands to them), so callers use ``api.convert``, ``api.simulate``, ...
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -33,8 +34,8 @@ def convert(model: str | Path | None, out_dir: str | Path | None, force: bool = 
     """Run the conversion pipeline and write the bundle; returns its path and manifest.
 
     ``options`` are the fields of ``convert.ConvertOptions`` (target, policy, weight_bits, ...)."""
-    from .bundle import refuse_existing, verify_bundle, write_bundle
-    from .convert import ConvertOptions, run_pipeline
+    from .bundle import MANIFEST, convert_to_bundle, refuse_existing
+    from .convert import ConvertOptions
 
     from .model_files import default_model_path
 
@@ -43,9 +44,10 @@ def convert(model: str | Path | None, out_dir: str | Path | None, force: bool = 
     out = Path(out_dir) if out_dir is not None else default_bundle_dir(source, opts.target)
     check_output(out, "-o/--out", folder=True)  # fail before the work, not after it
     refuse_existing(out, force)
-    ctx = run_pipeline(source, opts)
-    path = write_bundle(ctx, out, force=force)
-    return path, verify_bundle(path)
+    path, _ = convert_to_bundle(source, opts, out, force=force)
+    # the manifest as written (its files were hashed while they were written; a reader of the
+    # bundle checks them again with verify_bundle)
+    return path, json.loads((path / MANIFEST).read_text(encoding="utf-8"))
 
 
 def export_bundle(path: str | Path, fmt: str, out: str | Path | None = None,

@@ -9,6 +9,7 @@ emits the deployment bundle.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -83,6 +84,7 @@ class ConvertContext:
     float_run: SequenceResult | None = None   # the float IR on the calibration tokens
     bit_plan: Any = None                  # passes.bit_budget.BitPlan with --quality-budget
     steps_done: list[str] = field(default_factory=list)
+    step_seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step run
 
     @property
     def tokenizer(self) -> Tokenizer | None:
@@ -244,9 +246,16 @@ STEPS: list[tuple[str, Callable[[ConvertContext], None]]] = [
 ]
 
 
-def run_pipeline(source: str | Path, options: ConvertOptions,
-                 stop_after: str | None = None) -> ConvertContext:
-    """Run the steps in order (up to ``stop_after``); see the module docstring."""
+# steps that only read the IR the steps before them made: a bundle's IR files can be written
+# while they run (bundle.convert_to_bundle)
+READ_ONLY_STEPS = ("check_equivalence",)
+
+
+def run_pipeline(source: str | Path, options: ConvertOptions, stop_after: str | None = None,
+                 before_step: Callable[[str, ConvertContext], None] | None = None
+                 ) -> ConvertContext:
+    """Run the steps in order (up to ``stop_after``); see the module docstring.
+    ``before_step(name, ctx)`` is called before each step."""
     options.validate()
     if stop_after is not None and stop_after not in dict(STEPS):
         raise ConversionError(f"stop_after={stop_after!r}: not a convert step; choose one of "
@@ -254,12 +263,16 @@ def run_pipeline(source: str | Path, options: ConvertOptions,
     ctx = ConvertContext(Path(source), options)
     for name, step in STEPS:
         log.info("convert: %s", name)
+        if before_step is not None:
+            before_step(name, ctx)
+        start = time.perf_counter()
         try:
             step(ctx)
         except DeployError as exc:
             ran = ", ".join(ctx.steps_done) or "none"
             raise type(exc)(f"convert step '{name}' failed (steps run before it: {ran}): {exc}"
                             ) from None
+        ctx.step_seconds[name] = time.perf_counter() - start
         ctx.steps_done.append(name)
         if ctx.ir is not None:
             ctx.irs[name] = ctx.ir

@@ -1,8 +1,13 @@
 """The matrix of a folded SpikeLinear (``passes.fold`` builds them; see its docstring).
 
-``fold_weight`` rebuilds it from the factors a bundle stores. It sits below the pass so that the
-IR loader (``ir_io``) rebuilds bundles without importing the pass. The host side of a folded
-linear, the FoldCorrection op, is defined in ``ops/norm.py``.
+A folded SpikeLinear keeps only its factors: the model's matrix W (``source_weight``, shared)
+and one column factor per half (``source_cols``). Its float matrix [W diag(c0); W diag(c1)]
+holds twice the model's values, so the conversion never stores it (1.65 GB for the 216M shape):
+the float op computes [W (c0 x); W (c1 x)] (``ops.linear.linear``), and what needs the matrix
+itself (rounding it, a chip Dense, an export) builds it where it is read (``linear_weight``).
+A loaded bundle's IR holds it, rebuilt by ``fold_weight`` bit for bit. This module sits below
+the pass so that the IR loader (``ir_io``) rebuilds bundles without importing the pass. The
+host side of a folded linear, the FoldCorrection op, is defined in ``ops/norm.py``.
 """
 
 from __future__ import annotations
@@ -35,3 +40,25 @@ def fold_weight(source: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
     thread_map(block, [(h, b) for h in range(len(cols)) for b in row_blocks(out)])
     return res
+
+
+def is_factored(params: dict) -> bool:
+    """A folded SpikeLinear's parameters: factors, and no stored float matrix."""
+    return "weight" not in params and "source_weight" in params and "source_cols" in params
+
+
+def linear_weight(params: dict) -> np.ndarray:
+    """A linear's float (out, in) matrix: ``params['weight']``, or a folded SpikeLinear's,
+    rebuilt from its factors (``fold_weight``)."""
+    if is_factored(params):
+        return fold_weight(params["source_weight"], params["source_cols"])
+    return params["weight"]
+
+
+def linear_shape(params: dict) -> tuple[int, int]:
+    """The shape of ``linear_weight(params)``, without building it."""
+    if is_factored(params):
+        src = params["source_weight"]
+        return len(params["source_cols"]) * src.shape[0], src.shape[1]
+    return tuple(params["weight"].shape)
+

@@ -25,7 +25,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import BundleError
-from .folded import fold_weight
+from .folded import fold_weight, is_factored
 from .ir import IR, OPS
 
 IR_FORMAT = "spikegpt-deploy-ir"
@@ -108,11 +108,15 @@ def ir_to_json(ir: IR) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             else:
                 stored[id(arr)] = f"{n}/{name}"
                 arrays[f"{n}/{name}"] = _narrow(np.asarray(arr))
+        names = sorted(d["params"])
+        if is_factored(d["params"]):  # its float matrix: rebuilt on load, as when it is kept
+            derived.append("weight")
+            names = sorted([*names, "weight"])
         extra = {"shared": shared} if shared else {}
         if derived:
             extra["derived"] = sorted(derived)
         nodes.append({"id": n, "op": d["op"], "module": d["module"], "attrs": _plain(d["attrs"]),
-                      "n_out": d["n_out"], "params": sorted(d["params"]), **extra,
+                      "n_out": d["n_out"], "params": names, **extra,
                       **{k: d[k] for k in ("placement", "reason") if k in d}})
     edges = [{"src": u, "dst": v, **_plain(d)} for u, v, d in ir.graph.edges(data=True)]
     doc = {"format": IR_FORMAT, "version": IR_FORMAT_VERSION, "config": _plain(ir.config),

@@ -25,6 +25,7 @@ from hw_profiles import HardwareProfile
 
 from . import ops
 from .errors import ConversionError
+from .folded import is_factored, linear_shape
 from .interpreter import annotate_shapes
 from .ir import HOST, IR, annotate_value_classes
 
@@ -200,16 +201,19 @@ def chip_weight_report(ir: IR, model_parameters: int | None = None) -> dict[str,
         if d.get("placement", HOST) == HOST or d["op"] not in ("SpikeLinear", "Linear"):
             continue
         params = d["params"]
-        w = params.get("weight_q", params.get("weight"))
-        if w is None:
+        if "weight_q" in params:
+            shape = params["weight_q"].shape
+        elif "weight" in params or is_factored(params):
+            shape = linear_shape(params)
+        else:
             continue
         src = params.get("source_weight")
         halves = len(params["source_cols"]) if "source_cols" in params else 1
-        model_shape = list(src.shape) if src is not None else [w.shape[0] // halves, w.shape[1]]
+        model_shape = list(src.shape) if src is not None else [shape[0] // halves, shape[1]]
         entry = per_linear.setdefault(d["module"], {"model_shape": model_shape, "matrices": []})
         entry["matrices"].append({"node": n, "input": d["attrs"].get("source", "graded values"),
-                                  "shape": list(w.shape), "halves": halves,
-                                  "values": int(w.size)})
+                                  "shape": list(shape), "halves": halves,
+                                  "values": int(np.prod(shape))})
     for entry in per_linear.values():
         entry["model_values"] = int(np.prod(entry["model_shape"]))
         entry["chip_values"] = sum(m["values"] for m in entry["matrices"])

@@ -18,6 +18,7 @@ import numpy as np
 from hw_profiles import HardwareProfile
 
 from .errors import ConversionError
+from .folded import is_factored, linear_weight
 from .ir import HOST, IR
 
 
@@ -37,9 +38,10 @@ class LayerResources:
 
 def _weight_of(data: dict) -> np.ndarray | None:
     params = data["params"]
-    for key in ("weight_q", "weight"):
-        if key in params:
-            return params[key]
+    if "weight_q" in params:
+        return params["weight_q"]
+    if "weight" in params or is_factored(params):
+        return linear_weight(params)
     return None
 
 

@@ -108,12 +108,15 @@ def test_fixed_against_source(bundle_path: Path, corpus_file: Path) -> None:
 def test_integer_matmul_is_exact_in_every_regime(seed: int) -> None:
     rng = np.random.default_rng(seed)
     w = rng.integers(-127, 128, size=(40, 64))
-    cache = IntegerWeights()
-    for x_max in (3, 2 ** 20, 2 ** 50):    # float32, float64, int64 regimes
-        x = rng.integers(-x_max, x_max + 1, size=(7, 64))
-        got = integer_matmul(x, w, cache)
-        assert got.dtype == np.int64
-        assert np.array_equal(got, x.astype(np.int64) @ w.astype(np.int64).T)
+    for cache in (IntegerWeights(), None):  # kept weights; one pass in row blocks
+        for x_max in (3, 2 ** 20, 2 ** 50):    # float32, float64, int64 regimes
+            x = rng.integers(-x_max, x_max + 1, size=(7, 64))
+            got = integer_matmul(x, w, cache)
+            assert got.dtype == np.int64
+            assert np.array_equal(got, x.astype(np.int64) @ w.astype(np.int64).T)
+    big = rng.integers(-127, 128, size=(5000, 64)).astype(np.int8)  # several row blocks
+    x = rng.integers(0, 4, size=(3, 64))
+    assert np.array_equal(integer_matmul(x, big), x @ big.astype(np.int64).T)
 
 
 def test_cli_report_and_json(bundle_path: Path, corpus_file: Path) -> None:

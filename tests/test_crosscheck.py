@@ -21,6 +21,7 @@ from spikegpt_deploy import api
 from spikegpt_deploy.cli import main
 from spikegpt_deploy.crosscheck import render_table
 from spikegpt_deploy.crosscheck.sanafe_net import arch_description, assign_cores, chip_groups
+from spikegpt_deploy.folded import linear_weight
 from spikegpt_deploy.placement import Mesh
 from spikegpt_deploy.profiling import core_mapping
 
@@ -91,7 +92,7 @@ def test_groups_replay_spikes_and_map_every_synapse(shipped_bundle: Path) -> Non
     acc = by_name["blocks.1.ln1.counts.out"].trains   # n = lif1 + lif2 of block 0, non-zero
     assert np.array_equal(acc, spikes["blocks.0.lif1"] | spikes["blocks.0.lif2"])
     head = by_name["head.spikes.readout"]
-    W = ir.node("head.spikes")["params"]["weight"]
+    W = linear_weight(ir.node("head.spikes")["params"])
     assert head.neurons == W.shape[0] and head.inputs[0][1].shape[1] == np.count_nonzero(W)
     assert by_name["blocks.0.lif1.soma"].force_update
     # the groups sit on the profiler's placement: a node's receivers and its replayed spikes on

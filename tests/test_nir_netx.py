@@ -27,6 +27,7 @@ from converters.nir_export import (NIR_DT_S, chip_partition_nir_graph,  # noqa: 
 from converters.torch_capture import capture_ir  # noqa: E402
 from hw_profiles import load_profile  # noqa: E402
 from spikegpt_deploy.errors import ConversionError  # noqa: E402
+from spikegpt_deploy.folded import linear_weight  # noqa: E402
 from spikegpt_deploy.interpreter import FLOAT_OPS  # noqa: E402
 from spikegpt_deploy.ir import IR  # noqa: E402
 from spikegpt_deploy.model import SpikeGPT, SpikeGPTConfig  # noqa: E402
@@ -149,7 +150,7 @@ def test_nir_float_ir_keeps_float_weights(irs, tmp_path):
     back = nir.read(str(tmp_path / "f.nir"))
     n = next(iter(ir.nodes_of("SpikeLinear")))
     assert info.weights == "float"
-    assert np.array_equal(back.nodes[n].weight, ir.node(n)["params"]["weight"])
+    assert np.array_equal(back.nodes[n].weight, linear_weight(ir.node(n)["params"]))
 
 
 def test_nir_lif_reproduces_ir_lif(irs, tmp_path):

@@ -15,6 +15,7 @@ import torch
 from converters.torch_capture import capture_ir
 from hw_profiles import load_profile
 from spikegpt_deploy.errors import ConversionError, DataError
+from spikegpt_deploy.folded import is_factored, linear_shape, linear_weight
 from spikegpt_deploy.interpreter import FLOAT_OPS, Executor, annotate_shapes
 from spikegpt_deploy.partition import partition
 from spikegpt_deploy.passes.fold import fold_layernorm
@@ -97,7 +98,7 @@ def test_synaptic_ops_equal_a_plain_loop(ids):
     counts = count_ops(ir, spikes)
     for node in ir.nodes_of("SpikeLinear"):
         (src,) = ir.inputs(node)
-        W = ir.node(node)["params"]["weight"]
+        W = linear_weight(ir.node(node)["params"])
         if ir.node(src.node)["op"] == "SpikeSum":
             coeffs = ir.node(src.node)["attrs"]["coefficients"]
             pops = [ir.node(p.node)["module"] if ir.node(p.node)["op"] == "LIF" else "emb"
@@ -123,7 +124,7 @@ def test_row_pattern_count_equals_the_general_count(tiny, ids, monkeypatch):
     ir = _chip_ir(tiny)
     linears = list(ir.nodes_of("SpikeLinear"))
     for k, n in enumerate(linears[:6]):   # zero columns (as a fold makes them), scattered zeros
-        W = ir.node(n)["params"]["weight"].copy()
+        W = linear_weight(ir.node(n)["params"]).copy()
         if k % 2:
             W[: len(W) // 2, ::4] = 0
         else:
@@ -131,7 +132,7 @@ def test_row_pattern_count_equals_the_general_count(tiny, ids, monkeypatch):
         ir.node(n)["params"] = {**ir.node(n)["params"], "weight": W}
     spikes = record_spikes_pytorch(tiny, ids)
     fast = count_ops(ir, spikes)
-    fans = [fan_out(ir.node(n)["params"]["weight"]) for n in fast.linears]
+    fans = [fan_out(linear_weight(ir.node(n)["params"])) for n in fast.linears]
     assert any(f.dense for f in fans) and any(f.patterns is None for f in fans)
     assert any(f.patterns is not None and not f.dense for f in fans)
     monkeypatch.setattr(counts_module, "fan_out",
@@ -217,8 +218,8 @@ def test_host_op_formulas_equal_counted_numpy_ops(config):
             ins = [np.asarray(res.values[(p.node, p.port)]).view(Counted) for p in graph.inputs(n)]
             Counted.ops = Counter()
             FLOAT_OPS[d["op"]](d, ins)
-            shape = d["params"]["weight"].shape if "weight" in d["params"] else (
-                (len(d["params"]["w_one"]),) if "w_one" in d["params"] else None)
+            shape = linear_shape(d["params"]) if "weight" in d["params"] or is_factored(
+                d["params"]) else ((len(d["params"]["w_one"]),) if "w_one" in d["params"] else None)
             width = int(np.prod([e for e in graph.in_edges(n)][0][2]["shape"]))
             assert _expand(op_cost(d["op"], width, shape, d["attrs"])) == +Counted.ops, n
             seen.add(d["op"])

@@ -17,6 +17,7 @@ from spikegpt_deploy.checkpoint import save_model
 from spikegpt_deploy.cli import main
 from spikegpt_deploy.data import CharTokenizer
 from spikegpt_deploy.errors import DataError
+from spikegpt_deploy.folded import linear_weight
 from spikegpt_deploy.partition import partition
 from spikegpt_deploy.passes.fold import fold_layernorm
 from spikegpt_deploy.profiling import (count_ops, graded_input_trace, profile_model,
@@ -103,7 +104,7 @@ def test_graded_policy_counts_from_the_value_trace(tiny, ids):
     assert sorted(v["module"].split(".", 2)[2] for v in graded.values()) == \
         ["att.output", "att.output", "ffn.value", "ffn.value"]
     for n, v in graded.items():
-        nnz = (ir.node(n)["params"]["weight"] != 0).sum(axis=0)
+        nnz = (linear_weight(ir.node(n)["params"]) != 0).sum(axis=0)
         assert v["synaptic_ops"] == int(((trace[n] != 0) @ nnz).sum())
         if v["module"].endswith("ffn.value"):              # ReLU^2 zeros send no event
             assert v["events"] < 12 * v["weight_shape"][1]

@@ -13,6 +13,7 @@ import pytest
 from passes_helpers import CALIBRATION, LOIHI2, N_LAYER, model_ir, run, tokens_for
 from spikegpt_deploy import fixed_point as fp
 from spikegpt_deploy.errors import ConversionError
+from spikegpt_deploy.folded import linear_weight
 from spikegpt_deploy.partition import partition
 from spikegpt_deploy.passes.fold import fold_layernorm
 from spikegpt_deploy.passes.quantize import calibration_stats, emulator, needs_grams, quantize
@@ -126,7 +127,7 @@ def test_quantization_report_and_error_shrink_with_bits_layer_scales() -> None:
                 assert np.abs(d["params"]["weight_q"]).max() <= qmax
                 step = d["attrs"]["weight_scale"]
                 assert step == 2.0 ** d["attrs"]["weight_exp"] == 2.0 ** entry["weight_exp"]
-                err = d["params"]["weight_q"] * step - d["params"]["weight"].astype(np.float64)
+                err = d["params"]["weight_q"] * step - linear_weight(d["params"]).astype(np.float64)
                 assert entry["weight_max_abs_error"] == pytest.approx(np.abs(err).max())
                 assert entry["weight_max_abs_error"] <= step / 2 * (1 + 1e-9)
                 assert 0 < entry["weight_rms_error"] <= entry["weight_max_abs_error"]
@@ -157,7 +158,7 @@ def test_channel_scales_and_gptq_lower_the_output_error() -> None:
             er = r.meta["quantization"]["layers"][n]
             assert (eg["rounding"], er["rounding"]) == ("gptq", "nearest")
             d, dr = g.node(n), r.node(n)
-            w = d["params"]["weight"].astype(np.float64)
+            w = linear_weight(d["params"]).astype(np.float64)
             scale = d["params"]["weight_scale"]
             assert np.array_equal(scale, dr["params"]["weight_scale"])
             amax = np.abs(w).max(axis=1)
@@ -190,7 +191,7 @@ def test_auto_rounding_is_gptq_below_8_bits_and_nearest_at_8() -> None:
                 assert np.array_equal(auto.node(n)["params"][key],
                                       explicit.node(n)["params"][key]), (n, key)
             if bits == 8:
-                w = placed.node(n)["params"]["weight"].astype(np.float64)
+                w = linear_weight(placed.node(n)["params"]).astype(np.float64)
                 assert np.array_equal(auto.node(n)["params"]["weight_scale"],
                                       np.abs(w).max(axis=1) / 127)
     assert needs_grams("auto", 8) is False and needs_grams("auto", 8, {"x": 4}) is True

@@ -28,6 +28,7 @@ import numpy as np
 from hw_profiles import HardwareProfile
 
 from ..errors import DeployError
+from ..folded import linear_shape, linear_weight
 from ..ir import HOST, IR
 from ..naming import layer_of
 from ..placement import Mesh, neuron_blocks
@@ -103,8 +104,8 @@ def chip_groups(ir: IR, spikes: dict[str, Any]) -> list[Group]:
             if readers(n):
                 raise CrossCheckError(f"SpikeLinear '{n}' feeds chip neurons; the cross-check "
                                       f"covers bundles of policy 'spikes'")
-            out_idx, in_idx = np.nonzero(np.asarray(d["params"]["weight"]))
-            receivers.append(Group(f"{n}.readout", n, layer, d["params"]["weight"].shape[0],
+            out_idx, in_idx = np.nonzero(np.asarray(linear_weight(d["params"])))
+            receivers.append(Group(f"{n}.readout", n, layer, linear_shape(d["params"])[0],
                                    inputs=[(replay_of(ir.inputs(n)[0].node).name,
                                             np.stack([in_idx, out_idx]))]))
         else:

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import fixed_point as fp
 from ..errors import ConversionError
+from ..folded import is_factored, linear_weight
 from .registry import ChipNeeds, NirForm, OpDef, register
 
 F32 = np.float32
@@ -26,7 +27,12 @@ EXACT_FLOAT32 = 2.0 ** 24
 
 
 def linear(n: dict[str, Any], ins: list[np.ndarray]) -> tuple[np.ndarray]:
-    return (ins[0] @ n["params"]["weight"].T).astype(F32),
+    p = n["params"]
+    if is_factored(p):  # [W diag(c0); W diag(c1)] x = [W (c0 x); W (c1 x)]: no folded matrix
+        x, W = ins[0], p["source_weight"]
+        return np.concatenate([(x * c).astype(F32) @ W.T for c in p["source_cols"]],
+                              axis=-1).astype(F32, copy=False),
+    return (ins[0] @ p["weight"].T).astype(F32),
 
 
 def graded_input(x: np.ndarray, input_step: float, graded_bits: int) -> np.ndarray:
@@ -68,15 +74,22 @@ def integer_matmul(x: np.ndarray, w: np.ndarray, cache: IntegerWeights | None = 
     of summation, so the result equals the int64 product (which is used beyond that; numpy's
     integer matmul has no BLAS and is 10-40x slower). Inputs that are zero in every row (spikes
     are sparse) add exact zeros, so they are left out of the product.
+
+    Without a cache that keeps the weights (a run over a whole sequence reads each matrix once),
+    w goes through in row blocks, each converted, bounded and multiplied on its own while it is
+    in cache: no float copy of the whole matrix is made.
     """
     x = np.asarray(x)
     w_in = np.asarray(w)
     if not x.size or not np.any(x):
         return np.zeros((x.shape[0], w_in.shape[0]), np.int64)
-    w32t, row_sum = (cache or IntegerWeights(keep=False)).get(w_in)
-    bound = float(np.max(np.abs(x))) * row_sum
     used = np.flatnonzero(np.any(x != 0, axis=0))
     sparse = used.size < 0.5 * x.shape[1]
+    if cache is None or not cache.keep:
+        return _blockwise_integer_matmul(x[:, used] if sparse else x, w_in,
+                                         used if sparse else None)
+    w32t, row_sum = cache.get(w_in)
+    bound = float(np.max(np.abs(x))) * row_sum
     xs, wt = (x[:, used], w32t[used]) if sparse else (x, w32t)
     if bound < EXACT_FLOAT32:
         return (xs.astype(np.float32) @ wt).astype(np.int64)
@@ -84,6 +97,31 @@ def integer_matmul(x: np.ndarray, w: np.ndarray, cache: IntegerWeights | None = 
         ws = w_in[:, used] if sparse else w_in
         return (xs.astype(np.float64) @ ws.T.astype(np.float64)).astype(np.int64)
     return x.astype(np.int64) @ w_in.astype(np.int64).T
+
+
+_BLOCK_VALUES = 1 << 18  # weights per row block of the one-pass product (1 MB as float32)
+
+
+def _blockwise_integer_matmul(xs: np.ndarray, w: np.ndarray, used: np.ndarray | None
+                              ) -> np.ndarray:
+    """``integer_matmul`` without a weight cache: xs are x's used columns (``used``; None: all),
+    and each row block of w picks its exact regime from its own largest row sum."""
+    x_max = float(np.max(np.abs(xs)))
+    x32, x64 = xs.astype(np.float32), None
+    out = np.empty((xs.shape[0], w.shape[0]), np.int64)
+    step = max(1, _BLOCK_VALUES // max(1, xs.shape[1]))
+    for r0 in range(0, w.shape[0], step):
+        block = w[r0:r0 + step] if used is None else w[r0:r0 + step, used]
+        row_sum = float(np.abs(block.astype(np.int64)).sum(axis=1).max()) if block.size else 0.0
+        bound = x_max * row_sum
+        if bound < EXACT_FLOAT32:
+            out[:, r0:r0 + step] = x32 @ block.astype(np.float32).T
+        elif bound < EXACT_FLOAT64:
+            x64 = xs.astype(np.float64) if x64 is None else x64
+            out[:, r0:r0 + step] = x64 @ block.astype(np.float64).T
+        else:
+            out[:, r0:r0 + step] = xs.astype(np.int64) @ block.astype(np.int64).T
+    return out
 
 
 def readout_scale(n: dict) -> float | np.ndarray:
@@ -125,7 +163,7 @@ def chip_weight(ir: Any, node_id: str) -> tuple[np.ndarray, str]:
     node = ir.node(node_id)
     p, a = node["params"], node["attrs"]
     if "weight_q" not in p:
-        return np.asarray(p["weight"], F32), "float"
+        return np.asarray(linear_weight(p), F32), "float"
     if "weight_scale" in p:    # one scale per output channel
         scale = np.asarray(p["weight_scale"], np.float64)[:, None]
     elif "weight_scale" in a:
@@ -149,7 +187,7 @@ def _linear_nir(ir: Any, node_id: str, width: int, dt_s: float) -> tuple[dict[st
 
 
 def _linear_onnx(b: Any, nid: str, n: dict[str, Any], ins: list[str]) -> list[str]:
-    weight_t = np.ascontiguousarray(np.asarray(n["params"]["weight"], dtype=F32).T)
+    weight_t = np.ascontiguousarray(np.asarray(linear_weight(n["params"]), dtype=F32).T)
     return [b.one("MatMul", [ins[0], b.const(weight_t, f"{nid}.weight_t")], nid)]
 
 

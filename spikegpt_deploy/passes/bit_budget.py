@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConversionError
+from ..folded import linear_weight
 from ..interpreter import Executor
 from ..ir import HOST, IR
 from ..resources import Capacity
@@ -115,7 +116,7 @@ def plan_bits(ir: IR, x: np.ndarray, y: np.ndarray, budget: float, capacity: Cap
     options: dict[str, dict[int, ChannelQuantized]] = {}
     fit: dict[str, dict[int, tuple[int, int]]] = {}
     for n in nodes:
-        w, src = base.node(n)["params"]["weight"], base.inputs(n)[0]
+        w, src = linear_weight(base.node(n)["params"]), base.inputs(n)[0]
         gram = stats.grams.get((src.node, src.port))
         options[n] = {b: quantize_channels(w, b, gram, rounding) for b in BIT_CHOICES}
         fit[n] = {b: capacity.cores(w.shape[0], w.shape[1], int(np.count_nonzero(q.mantissa)),

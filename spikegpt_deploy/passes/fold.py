@@ -174,10 +174,10 @@ def _fold_one(ir: IR, lin: str, forms: dict[Port, _Stream], binary_x0: bool) -> 
 
 
 def _folded_params(source: np.ndarray, cols: np.ndarray) -> dict[str, np.ndarray]:
-    """A folded SpikeLinear's parameters: its float32 weight and the factors it is made of
-    (``source_weight`` is the model's own array, shared, not copied)."""
-    return {"weight": fold_weight(source, cols), "source_weight": source,
-            "source_cols": np.asarray(cols, np.float64)}
+    """A folded SpikeLinear's parameters: the factors its float32 matrix is made of
+    (``source_weight`` is the model's own array, shared, not copied); the matrix itself is
+    made where it is read (``folded.linear_weight``)."""
+    return {"source_weight": source, "source_cols": np.asarray(cols, np.float64)}
 
 
 def _row_dots(W: np.ndarray, vecs: np.ndarray) -> np.ndarray:

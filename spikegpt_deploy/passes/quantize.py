@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from .. import fixed_point as fp
 from .. import ops
 from ..errors import ConversionError
+from ..folded import linear_shape, linear_weight
 from ..interpreter import Executor, OpFn, SequenceResult
 from ..ir import HOST, IR
 # the emulation's integer arithmetic lives with the linears' fixed-point forms; kept importable here
@@ -164,7 +164,7 @@ def quantize(ir: IR, calibration_tokens: np.ndarray, weight_bits: int = 8,
                          "rounding": q.rounding, "weight_max_abs_error": q.max_abs_error,
                          "weight_rms_error": q.rms_error, "output_mse": q.output_mse}
         elif d["op"] == "SpikeLinear":
-            q = fp.quantize_weights(d["params"]["weight"], bits, mantissa_dtype=np.int8)
+            q = fp.quantize_weights(linear_weight(d["params"]), bits, mantissa_dtype=np.int8)
             d["params"]["weight_q"] = q.mantissa  # int8: the chip's width, a quarter of int32
             d["params"].pop("weight_scale", None)
             d["attrs"] = {**d["attrs"], "weight_bits": bits, "weight_exp": q.exponent,
@@ -202,14 +202,12 @@ def _quantize_channel_linears(ir: IR, weight_bits: int, layer_bits: Mapping[str,
 
     def one(job: tuple[str, int, tuple[str, int]]) -> ChannelQuantized:
         n, bits, port = job
-        return quantize_channels(ir.node(n)["params"]["weight"], bits, grams.get(port),
+        return quantize_channels(linear_weight(ir.node(n)["params"]), bits, grams.get(port),
                                  rounding, factors.get(port))
 
-    # the widest matrices first, so that no core is left with one big matrix at the end; one
-    # BLAS thread each, as the matrices already keep every core busy
-    jobs.sort(key=lambda j: -ir.node(j[0])["params"]["weight"].size)
-    with threadpool_limits(1, user_api="blas"):
-        return dict(zip((n for n, _, _ in jobs), thread_map(one, jobs)))
+    # the widest matrices first, so that no core is left with one big matrix at the end
+    jobs.sort(key=lambda j: -int(np.prod(linear_shape(ir.node(j[0])["params"]))))
+    return dict(zip((n for n, _, _ in jobs), thread_map(one, jobs)))
 
 
 def _quantize_graded_linear(ir: IR, n: str, peaks: dict, weight_bits: int) -> dict[str, Any]:

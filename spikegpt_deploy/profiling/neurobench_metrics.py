@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..folded import linear_weight
 from ..optional import require
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def _chip_linear_synops(nb: dict[str, Any], ir: Any, counts: Any,
         if x is None:
             row["skipped"].append(node)
             continue
-        W = torch.from_numpy(np.asarray(ir.node(node)["params"]["weight"], dtype=np.float32))
+        W = torch.from_numpy(np.asarray(linear_weight(ir.node(node)["params"]), dtype=np.float32))
         lin = nn.Linear(W.shape[1], W.shape[0], bias=False)
         with torch.no_grad():
             lin.weight.copy_(W)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import fixed_point as fp
 from ..errors import SimulationError
+from ..folded import linear_weight
 from ..ir import Port
 from ..naming import layer_of
 from ..passes.quantize import readout_scale
@@ -96,7 +97,7 @@ class ChipWiring:
         a Dense of ``dense_bits`` >= its own weight bits, if given)."""
         d = self.ir.node(n)
         if not self.fixed:
-            return d["params"]["weight"].astype(np.float64), {}, ("float",)
+            return linear_weight(d["params"]).astype(np.float64), {}, ("float",)
         require_fixed(self.ir, n, "weight_q", "weight_bits", "weight_scale")
         kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"],
                                       max(int(d["attrs"]["weight_bits"]), dense_bits or 0))
@@ -176,7 +177,7 @@ class ChipWiring:
                           num_weight_bits=int(a["weight_bits"]))
             elif to_lif:
                 gain = 1.0 / float(self.ir.node(cons[0])["attrs"]["tau"])
-                kw["weights"] = self.ir.node(n)["params"]["weight"].astype(np.float64) * gain
+                kw["weights"] = linear_weight(self.ir.node(n)["params"]).astype(np.float64) * gain
             else:
                 w, wkw, codec = self._weights(n, float(a["input_step"]) if self.fixed else 1.0)
                 kw.update(weights=w, **wkw)

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import fixed_point as fp
 from ..errors import SimulationError
+from ..folded import linear_weight
 from ..interpreter import Executor
 from ..ir import HOST, IR
 from ..passes.quantize import readout_scale
@@ -231,7 +232,7 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
                 exps.add((int(kw["weight_exp"]), int(kw["num_weight_bits"])))
                 rows.append((n, readout_scale(d)))  # per layer, or per output channel
             else:
-                parts.append(np.asarray(d["params"]["weight"], dtype=F32))
+                parts.append(np.asarray(linear_weight(d["params"]), dtype=F32))
                 rows.append((n, 1.0))
         if len(exps) > 1:
             raise SimulationError(f"linears reading '{src}' use different weight bits")
@@ -265,14 +266,14 @@ def plan_pipeline(ir: IR, precision: str, forced: list[int], n_sample: int,
         if to_lif and fixed:
             w, exp = d["params"]["weight_lava"].astype(np.int32), int(a["weight_exp_lava"])
         elif to_lif:
-            w = d["params"]["weight"].astype(np.float64) / float(ir.node(to_lif)["attrs"]["tau"])
+            w = linear_weight(d["params"]).astype(np.float64) / float(ir.node(to_lif)["attrs"]["tau"])
             exp = 0
         elif fixed:
             kw = fp.mantissa_dense_kwargs(d["params"]["weight_q"], d["attrs"]["weight_bits"])
             w, exp = np.asarray(kw["weights"]), int(kw["weight_exp"])
             out_codec = ("scale", readout_scale(ir.node(n)) * float(a["input_step"]))
         else:
-            w, exp = d["params"]["weight"].astype(np.float64), 0
+            w, exp = linear_weight(d["params"]).astype(np.float64), 0
         if x.node not in host:
             raise SimulationError(f"chip Linear '{n}' reads '{x.node}' on the chip; the "
                                   "simulator feeds chip Linears from the host")
