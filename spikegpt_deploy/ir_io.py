@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,23 @@ class _HashingWriter(io.RawIOBase):
         return view.nbytes
 
 
+def savez_stream(f: Any, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez(f, **arrays)``, byte for byte, but each contiguous array goes to the zip member
+    as one buffer: np.savez copies every 16 MB twice on the way (a buffered iterator, then
+    ``tobytes``), most of the time of writing a 216M-shape bundle's 1.3 GB."""
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            arr = np.asanyarray(value)
+            with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                if arr.dtype.hasobject or not arr.flags.c_contiguous:
+                    np.lib.format.write_array(member, arr, allow_pickle=False)
+                    continue
+                np.lib.format.write_array_header_1_0(
+                    member, np.lib.format.header_data_from_array_1_0(arr))
+                if arr.size:
+                    member.write(memoryview(arr.reshape(-1)).cast("B"))
+
+
 def save_ir(ir: IR, directory: Path, stem: str = "ir",
             digests: dict[str, str] | None = None) -> list[str]:
     """Write ``<stem>.json`` and ``<stem>_params.npz``; return the file names (and put their
@@ -199,7 +217,7 @@ def save_ir(ir: IR, directory: Path, stem: str = "ir",
     (directory / f"{stem}.json").write_bytes(text)
     with open(directory / f"{stem}_params.npz", "wb") as f:  # streamed: no copy in memory
         out = _HashingWriter(f)
-        np.savez(out, **arrays)
+        savez_stream(out, arrays)
     if digests is not None:
         digests[f"{stem}.json"] = hashlib.sha256(text).hexdigest()
         digests[f"{stem}_params.npz"] = out.sha256.hexdigest()

@@ -15,7 +15,10 @@ from spikegpt_deploy.partition import partition
 from spikegpt_deploy.passes.fold import fold_layernorm
 from spikegpt_deploy.passes.quantize import (IntegerWeights, calibration_stats, integer_matmul,
                                              spike_linear_inputs)
-from spikegpt_deploy.passes.rounding import gptq_factor, gptq_round, quantize_channels
+from spikegpt_deploy.errors import ConversionError
+from spikegpt_deploy.folded import fold_weight
+from spikegpt_deploy.passes.rounding import (gptq_factor, gptq_round, quantize_channels,
+                                             quantize_folded)
 
 
 def _gram(rng: np.random.Generator, n_in: int, dead: int) -> np.ndarray:
@@ -78,3 +81,25 @@ def test_grams_of_the_sequence_run_equal_the_token_by_token_sums() -> None:
             acc[k] = acc[k] + x.T @ x
     for k in ports:  # integer spike counts: the same sums in any order
         assert np.array_equal(stats.grams[k], acc[k] / tokens.size), k
+
+
+@pytest.mark.parametrize("bits, rounding", [(8, "auto"), (8, "nearest"), (4, "auto"),
+                                            (6, "nearest"), (8, "gptq")])
+def test_quantize_folded_equals_quantizing_the_folded_matrix(bits: int, rounding: str) -> None:
+    """The chunked path (8 bits, nearest, no gram) never builds the folded matrix and gives
+    exactly what quantizing fold_weight's matrix gives; the other cases take that path."""
+    rng = np.random.default_rng(bits)
+    source = rng.standard_normal((301, 70)).astype(np.float32)
+    source[7] = 0.0                                    # an all-zero row: scale 1
+    cols = rng.standard_normal((2, 70))
+    x = rng.integers(0, 3, size=(50, 70)).astype(np.float64)
+    gram = (x.T @ x) / len(x) if rounding == "gptq" else None
+    got = quantize_folded(source, cols, bits, gram, rounding)
+    want = quantize_channels(fold_weight(source, cols), bits, gram, rounding)
+    assert got.rounding == want.rounding
+    assert np.array_equal(got.mantissa, want.mantissa) and got.mantissa.dtype == np.int8
+    assert np.array_equal(got.scale, want.scale)
+    assert (got.max_abs_error, got.rms_error) == pytest.approx(
+        (want.max_abs_error, want.rms_error), rel=1e-12)
+    with pytest.raises(ConversionError, match="overflows float32"):
+        quantize_folded(np.full((3, 4), 3e38, np.float32), np.full((1, 4), 10.0), 8)

@@ -12,6 +12,7 @@ quantizer stores):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from .. import fixed_point as fp
 from ..errors import ConversionError
 from ..folded import is_factored, linear_weight
+from ..threads import thread_map
 from .registry import ChipNeeds, NirForm, OpDef, register
 
 F32 = np.float32
@@ -104,23 +106,31 @@ _BLOCK_VALUES = 1 << 18  # weights per row block of the one-pass product (1 MB a
 
 def _blockwise_integer_matmul(xs: np.ndarray, w: np.ndarray, used: np.ndarray | None
                               ) -> np.ndarray:
-    """``integer_matmul`` without a weight cache: xs are x's used columns (``used``; None: all),
-    and each row block of w picks its exact regime from its own largest row sum."""
+    """``integer_matmul`` without a weight cache: xs are x's used columns (``used``; None: all).
+    Each row block of w picks its exact regime from its own largest row sum, or at once from
+    w's integer type when that already bounds every sum below 2**24 (int8 weights and spike
+    counts); the blocks are spread over the cores."""
     x_max = float(np.max(np.abs(xs)))
-    x32, x64 = xs.astype(np.float32), None
+    x32 = xs.astype(np.float32)
     out = np.empty((xs.shape[0], w.shape[0]), np.int64)
     step = max(1, _BLOCK_VALUES // max(1, xs.shape[1]))
-    for r0 in range(0, w.shape[0], step):
-        block = w[r0:r0 + step] if used is None else w[r0:r0 + step, used]
-        row_sum = float(np.abs(block.astype(np.int64)).sum(axis=1).max()) if block.size else 0.0
-        bound = x_max * row_sum
+    w_max = float(max(abs(np.iinfo(w.dtype).min), np.iinfo(w.dtype).max)) \
+        if w.dtype.kind in "iu" else math.inf
+    by_type = x_max * w_max * xs.shape[1] < EXACT_FLOAT32
+
+    def block(r0: int) -> None:
+        rows = w[r0:r0 + step] if used is None else w[r0:r0 + step, used]
+        bound = 0.0 if by_type or not rows.size else \
+            x_max * float(np.abs(rows.astype(np.int64)).sum(axis=1).max())
         if bound < EXACT_FLOAT32:
-            out[:, r0:r0 + step] = x32 @ block.astype(np.float32).T
+            np.matmul(x32, rows.astype(np.float32).T, out=out[:, r0:r0 + step],
+                      casting="unsafe")
         elif bound < EXACT_FLOAT64:
-            x64 = xs.astype(np.float64) if x64 is None else x64
-            out[:, r0:r0 + step] = x64 @ block.astype(np.float64).T
+            out[:, r0:r0 + step] = xs.astype(np.float64) @ rows.astype(np.float64).T
         else:
-            out[:, r0:r0 + step] = xs.astype(np.int64) @ block.astype(np.int64).T
+            out[:, r0:r0 + step] = xs.astype(np.int64) @ rows.astype(np.int64).T
+
+    thread_map(block, range(0, w.shape[0], step))
     return out
 
 

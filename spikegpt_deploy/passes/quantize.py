@@ -27,14 +27,15 @@ import numpy as np
 from .. import fixed_point as fp
 from .. import ops
 from ..errors import ConversionError
-from ..folded import linear_shape, linear_weight
+from ..folded import is_factored, linear_shape, linear_weight
 from ..interpreter import Executor, OpFn, SequenceResult
 from ..ir import HOST, IR
 # the emulation's integer arithmetic lives with the linears' fixed-point forms; kept importable here
 from ..ops.linear import (IntegerWeights, graded_input, integer_matmul,  # noqa: F401
                           readout_scale)
 from ..threads import thread_map
-from .rounding import ROUNDINGS, ChannelQuantized, gptq_factor, quantize_channels, rounding_for
+from .rounding import (ROUNDINGS, ChannelQuantized, gptq_factor, quantize_channels,
+                       quantize_folded, rounding_for)
 
 F32 = np.float32
 LIF_INPUT_MARGIN = 2.0  # calibrated max |current| x margin must fit the 16-bit a_in
@@ -202,8 +203,12 @@ def _quantize_channel_linears(ir: IR, weight_bits: int, layer_bits: Mapping[str,
 
     def one(job: tuple[str, int, tuple[str, int]]) -> ChannelQuantized:
         n, bits, port = job
-        return quantize_channels(linear_weight(ir.node(n)["params"]), bits, grams.get(port),
-                                 rounding, factors.get(port))
+        params = ir.node(n)["params"]
+        if is_factored(params):
+            return quantize_folded(params["source_weight"], params["source_cols"], bits,
+                                   grams.get(port), rounding, factors.get(port))
+        return quantize_channels(params["weight"], bits, grams.get(port), rounding,
+                                 factors.get(port))
 
     # the widest matrices first, so that no core is left with one big matrix at the end
     jobs.sort(key=lambda j: -int(np.prod(linear_shape(ir.node(j[0])["params"]))))
