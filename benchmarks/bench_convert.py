@@ -55,8 +55,7 @@ def _worker_load(path: str) -> dict:
 
 
 def _worker_convert(path: str, steps: str, bundle_dir: str) -> dict:
-    import torch
-    torch.set_num_threads(1)
+    # torch's threads as the command leaves them (the machine's cores), as a user runs it
     from spikegpt_deploy.bundle import convert_to_bundle
     from spikegpt_deploy.convert import STEPS, ConvertContext, ConvertOptions
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +32,7 @@ from .passes.fold import fold_layernorm
 from .passes.quantize import (emulator, needs_grams, quantize, spike_linear_inputs,
                               stats_of_run)
 from .resources import map_resources
+from .threads import one_blas_thread
 
 log = logging.getLogger(__name__)
 
@@ -195,16 +197,32 @@ def step_check(ctx: ConvertContext) -> None:
     model, ir = ctx.loaded.model, _ir(ctx)
     n = min(ctx.options.check_tokens, ctx.calibration_ids.shape[1])
     tokens = ctx.calibration_ids[:, :n]
-    with model.record_spikes() as rec:
-        ref_logits = model(torch.from_numpy(np.ascontiguousarray(tokens))).numpy()
-    ref_spikes = {k: v.numpy() for k, v in rec.spikes().items()}
-    if ctx.float_run is not None and ctx.float_run.logits.shape[1] >= n:
-        f_logits = ctx.float_run.logits[:, :n]
-        f_spikes = {k: v[:, :n] for k, v in ctx.float_run.spikes.items()}
-    else:
-        f_logits, f_spikes = Executor(ir).run(tokens)
-    q = emulator(ir, keep_weights=False).run_sequence(tokens)
-    q_logits, q_spikes = q.logits, q.spikes
+
+    @torch.no_grad()  # no_grad is per thread
+    def reference() -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # beside the emulation and the writer, as numpy's BLAS below
+        try:
+            with model.record_spikes() as rec:
+                logits = model(torch.from_numpy(np.ascontiguousarray(tokens))).numpy()
+        finally:
+            torch.set_num_threads(threads)
+        return logits, {k: v.numpy() for k, v in rec.spikes().items()}
+
+    # PyTorch's run and the emulation share nothing: the reference runs on a second thread,
+    # and numpy's BLAS on one (the bundle's files are usually being written meanwhile, and
+    # BLAS threads waiting for work only take the cores from the others)
+    with one_blas_thread(), \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="spikegpt-deploy-ref") as pool:
+        ref_future = pool.submit(reference)
+        if ctx.float_run is not None and ctx.float_run.logits.shape[1] >= n:
+            f_logits = ctx.float_run.logits[:, :n]
+            f_spikes = {k: v[:, :n] for k, v in ctx.float_run.spikes.items()}
+        else:
+            f_logits, f_spikes = Executor(ir).run(tokens)
+        q = emulator(ir, keep_weights=False).run_sequence(tokens)
+        q_logits, q_spikes = q.logits, q.spikes
+        ref_logits, ref_spikes = ref_future.result()
     ctx.equivalence = {
         "tokens": n,
         "float_ir_vs_pytorch_max_abs_logit_diff": float(np.max(np.abs(f_logits - ref_logits))),

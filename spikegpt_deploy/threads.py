@@ -7,11 +7,12 @@ Used where a step is many such jobs: folding, quantizing and rebuilding the chip
 
 from __future__ import annotations
 
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -34,9 +35,19 @@ def thread_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = N
         return [fn(x) for x in items]
     # one BLAS thread per job: the jobs already fill the cores, and BLAS threads on top of them
     # only wait for each other (most of those steps' system time, measured on 2 cores)
-    with threadpool_limits(1, user_api="blas"), \
-            ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikegpt-deploy") as pool:
+    with one_blas_thread(), ThreadPoolExecutor(max_workers=n, thread_name_prefix="spikegpt-deploy") as pool:
         return list(pool.map(fn, items))
+
+
+def one_blas_thread() -> Any:
+    """A context in which BLAS (numpy's) runs on one thread."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    """The process's thread pools, found once (finding them reads /proc/self/maps: 1-3 ms)."""
+    return ThreadpoolController()
 
 
 def row_blocks(rows: int, parts: int | None = None) -> list[tuple[int, int]]:

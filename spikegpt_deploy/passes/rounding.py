@@ -272,26 +272,29 @@ def _nearest(W: np.ndarray, scale: np.ndarray, qmax: int) -> tuple[np.ndarray, f
     sum of squared errors, in one pass over cache-sized row chunks (float64 arithmetic)."""
     mantissa = np.empty(W.shape, np.int8 if qmax <= 127 else np.int32)
     step = max(1, _ROUND_CHUNK_VALUES // max(1, W.shape[1]))
-    buf = np.empty((min(step, W.shape[0]), W.shape[1]))
+    bufs = np.empty((2, min(step, W.shape[0]), W.shape[1]))
     max_err, sq_err = 0.0, 0.0
     for i in range(0, W.shape[0], step):
-        m, e = _nearest_chunk(W[i:i + step], scale[i:i + step], qmax, buf, mantissa[i:i + step])
+        m, e = _nearest_chunk(W[i:i + step], scale[i:i + step], qmax, bufs,
+                              mantissa[i:i + step], clip=True)
         max_err, sq_err = max(max_err, m), sq_err + e
     return mantissa, max_err, sq_err
 
 
-def _nearest_chunk(rows: np.ndarray, scale: np.ndarray, qmax: int, buf: np.ndarray,
-                   out: np.ndarray) -> tuple[float, float]:
-    """``_nearest`` of one row chunk into ``out``: (largest |error|, sum of squared errors)."""
-    u, s = buf[:len(rows)], scale[:, None]
-    np.divide(rows, s, out=u)
-    np.rint(u, out=u)
-    _clip(u, qmax)
-    out[...] = u
-    u *= s
-    u -= rows
-    flat = u.ravel()
-    return max(float(u.max()), -float(u.min())), float(flat @ flat)
+def _nearest_chunk(rows: np.ndarray, scale: np.ndarray, qmax: int, bufs: np.ndarray,
+                   out: np.ndarray, clip: bool) -> tuple[float, float]:
+    """``_nearest`` of one row chunk into ``out``: (largest |error|, sum of squared errors).
+    The error is taken in units of each row's scale and scaled per row at the end (two fewer
+    passes over the chunk); ``clip=False`` when no |rows / scale| exceeds qmax + 1/2."""
+    u, v = bufs[0, :len(rows)], bufs[1, :len(rows)]
+    np.divide(rows, scale[:, None], out=u)
+    np.rint(u, out=v)
+    if clip:
+        _clip(v, qmax)
+    out[...] = v
+    v -= u
+    largest = np.maximum(v.max(axis=1), -v.min(axis=1))
+    return float((largest * scale).max()), float(np.einsum("ij,ij->i", v, v) @ (scale * scale))
 
 
 def quantize_folded(source: np.ndarray, cols: np.ndarray, bits: int,
@@ -312,7 +315,7 @@ def quantize_folded(source: np.ndarray, cols: np.ndarray, bits: int,
     scale = np.empty(len(cols) * out)
     step = max(1, _ROUND_CHUNK_VALUES // width)
     rows32 = np.empty((min(step, out), width), np.float32)
-    buf = np.empty((min(step, out), width))
+    bufs = np.empty((2, min(step, out), width))
     max_err, sq_err = 0.0, 0.0
     for h, col in enumerate(cols):
         for i in range(0, out, step):
@@ -326,8 +329,9 @@ def quantize_folded(source: np.ndarray, cols: np.ndarray, bits: int,
                                       f"{width}) overflows float32 in rows {i}..{i + len(src)}")
             o = h * out + i
             scale[o:o + len(src)] = np.where(amax > 0, amax / qmax, 1.0)
-            m, e = _nearest_chunk(r, scale[o:o + len(src)], qmax, buf,
-                                  mantissa[o:o + len(src)])
+            # scale = max |row| / qmax: no |row / scale| exceeds qmax, nothing to clip
+            m, e = _nearest_chunk(r, scale[o:o + len(src)], qmax, bufs,
+                                  mantissa[o:o + len(src)], clip=False)
             max_err, sq_err = max(max_err, m), sq_err + e
     return ChannelQuantized(mantissa=mantissa, scale=scale, bits=int(bits), rounding="nearest",
                             max_abs_error=max_err, rms_error=float(np.sqrt(sq_err / mantissa.size)),
