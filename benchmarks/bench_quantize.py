@@ -6,7 +6,8 @@
 
 Shipped model (examples/spikegpt-kjv-4x128.pt), KJV: converted up to map_resources with
 calibration on the start of the training split (``--calibration kjv``), per-channel scales and
-GPTQ rounding (the defaults), at each --weight-bits and with ``--quality-budget``; each bundle
+rounding 'auto' (the defaults: GPTQ below 8 bits, nearest at 8; 8 bits with GPTQ is measured
+too), at each --weight-bits and with ``--quality-budget``; each bundle
 IR's quantized fixed-point emulation is evaluated on the validation split (all of it unless
 --max-tokens) as ``evaluate BUNDLE --precision fixed`` does, against the float IR on the same
 tokens (the float IR equals the PyTorch model to 1e-4 bits per token, tests/test_bundle_evaluation
@@ -40,6 +41,7 @@ from spikegpt_deploy.api import default_model_path  # noqa: E402
 from spikegpt_deploy.bundle_evaluation import evaluate_ir, windows_of  # noqa: E402
 from spikegpt_deploy.convert import ConvertOptions, run_pipeline  # noqa: E402
 from spikegpt_deploy.data import encode_split, load_corpus  # noqa: E402
+from spikegpt_deploy.folded import linear_weight  # noqa: E402
 from spikegpt_deploy.ir import HOST  # noqa: E402
 
 
@@ -54,6 +56,8 @@ def shipped(args: argparse.Namespace) -> list[dict]:
     configs: list[tuple[str, dict]] = []
     for bits in args.bits:
         configs.append((f"{bits}", {"weight_bits": bits}))
+        if bits == 8:  # the default rounds 8-bit weights to nearest: what GPTQ would add there
+            configs.append(("8 (GPTQ)", {"weight_bits": 8, "rounding": "gptq"}))
     for bits in (8, 6, 4) if args.layer_baseline else ():
         configs.append((f"{bits} (per-layer 2^e, nearest)",
                         {"weight_bits": bits, "scales": "layer", "rounding": "nearest"}))
@@ -154,7 +158,7 @@ def big(mix: dict[str, int] | None) -> list[dict]:
         for n in linears:
             key = (n, bits[n])
             if key not in cache:
-                cache[key] = _linear_fit(ir.node(n)["params"]["weight"], bits[n], cap)
+                cache[key] = _linear_fit(linear_weight(ir.node(n)["params"]), bits[n], cap)
             cores += cache[key][0]
             memory += cache[key][1]
         chips = -(-cores // cap.cores_per_chip)

@@ -38,7 +38,8 @@ def fold_weight(source: np.ndarray, cols: np.ndarray) -> np.ndarray:
             np.multiply(rows, cols[h], out=res[h * out + i:h * out + i + rows.shape[0]],
                         casting="unsafe")
 
-    thread_map(block, [(h, b) for h in range(len(cols)) for b in row_blocks(out)])
+    thread_map(block, [(h, b) for h in range(len(cols)) for b in row_blocks(out)],
+               values=res.size)
     return res
 
 

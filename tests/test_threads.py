@@ -44,3 +44,13 @@ def test_fold_weight_is_the_same_on_any_number_of_threads(monkeypatch) -> None:
     for n in (1, 2, 5):
         monkeypatch.setattr(threads, "usable_cores", lambda n=n: n)
         assert np.array_equal(fold_weight(w, cols), expected)
+
+
+def test_small_jobs_run_in_the_calling_thread() -> None:
+    import threading
+    main = threading.get_ident()
+    assert set(threads.thread_map(lambda _: threading.get_ident(), range(4), workers=2,
+                                  values=1000)) == {main}
+    big = threads.thread_map(lambda _: threading.get_ident(), range(4), workers=2,
+                             values=threads.INLINE_BELOW_VALUES)
+    assert main not in big

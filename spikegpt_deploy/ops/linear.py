@@ -130,7 +130,7 @@ def _blockwise_integer_matmul(xs: np.ndarray, w: np.ndarray, used: np.ndarray | 
         else:
             out[:, r0:r0 + step] = xs.astype(np.int64) @ rows.astype(np.int64).T
 
-    thread_map(block, range(0, w.shape[0], step))
+    thread_map(block, range(0, w.shape[0], step), values=w.shape[0] * xs.shape[1])
     return out
 
 

@@ -192,7 +192,7 @@ def _row_dots(W: np.ndarray, vecs: np.ndarray) -> np.ndarray:
             np.copyto(buf[:rows.shape[0]], rows)
             np.dot(buf[:rows.shape[0]], vecs.T, out=out[i:i + rows.shape[0]])
 
-    thread_map(block, row_blocks(W.shape[0]))
+    thread_map(block, row_blocks(W.shape[0]), values=W.size)
     return out
 
 

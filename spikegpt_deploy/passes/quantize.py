@@ -211,8 +211,9 @@ def _quantize_channel_linears(ir: IR, weight_bits: int, layer_bits: Mapping[str,
                                  factors.get(port))
 
     # the widest matrices first, so that no core is left with one big matrix at the end
-    jobs.sort(key=lambda j: -int(np.prod(linear_shape(ir.node(j[0])["params"]))))
-    return dict(zip((n for n, _, _ in jobs), thread_map(one, jobs)))
+    sizes = {n: int(np.prod(linear_shape(ir.node(n)["params"]))) for n, _, _ in jobs}
+    jobs.sort(key=lambda j: -sizes[j[0]])
+    return dict(zip((n for n, _, _ in jobs), thread_map(one, jobs, values=sum(sizes.values()))))
 
 
 def _quantize_graded_linear(ir: IR, n: str, peaks: dict, weight_bits: int) -> dict[str, Any]:
