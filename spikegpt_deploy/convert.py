@@ -8,6 +8,7 @@ emits the deployment bundle.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -279,6 +280,24 @@ def run_pipeline(source: str | Path, options: ConvertOptions, stop_after: str | 
         raise ConversionError(f"stop_after={stop_after!r}: not a convert step; choose one of "
                               f"{', '.join(name for name, _ in STEPS)}")
     ctx = ConvertContext(Path(source), options)
+    # The run makes many short-lived objects (IR copies, per-token values), and each collection
+    # they trigger would walk every object made before it (the imported libraries, the loaded
+    # model) again: frozen, those are left out (0.7 s of a 216M-shape convert's 10 s, measured
+    # with collection switched off)
+    ours = gc.get_freeze_count() == 0  # a caller's own frozen objects stay frozen
+    if ours:
+        gc.freeze()
+    try:
+        _run_steps(ctx, stop_after, before_step, refreeze=ours)
+    finally:
+        if ours:
+            gc.unfreeze()
+    return ctx
+
+
+def _run_steps(ctx: ConvertContext, stop_after: str | None,
+               before_step: Callable[[str, ConvertContext], None] | None,
+               refreeze: bool) -> None:
     for name, step in STEPS:
         log.info("convert: %s", name)
         if before_step is not None:
@@ -294,6 +313,7 @@ def run_pipeline(source: str | Path, options: ConvertOptions, stop_after: str | 
         ctx.steps_done.append(name)
         if ctx.ir is not None:
             ctx.irs[name] = ctx.ir
+        if name == "load" and refreeze:
+            gc.freeze()  # the loaded model too
         if name == stop_after:
             break
-    return ctx
