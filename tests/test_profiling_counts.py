@@ -119,7 +119,7 @@ def test_row_pattern_count_equals_the_general_count(tiny, ids, monkeypatch):
     counted per row pattern from per-token event counts; forcing the general path (a pass over
     the matrix) gives the same counts and per-neuron work."""
     import spikegpt_deploy.profiling.count_events as counts_module
-    from spikegpt_deploy.profiling.weight_stats import FanOut, fan_out
+    from spikegpt_deploy.profiling.weight_stats import FanOut, fan_out, linear_fan_out
 
     ir = _chip_ir(tiny)
     linears = list(ir.nodes_of("SpikeLinear"))
@@ -135,8 +135,9 @@ def test_row_pattern_count_equals_the_general_count(tiny, ids, monkeypatch):
     fans = [fan_out(linear_weight(ir.node(n)["params"])) for n in fast.linears]
     assert any(f.dense for f in fans) and any(f.patterns is None for f in fans)
     assert any(f.patterns is not None and not f.dense for f in fans)
-    monkeypatch.setattr(counts_module, "fan_out",
-                        lambda w: FanOut(fan_out(w).column_nnz, fan_out(w).nnz, None, None))
+    monkeypatch.setattr(counts_module, "linear_fan_out",
+                        lambda p: FanOut(linear_fan_out(p).column_nnz, linear_fan_out(p).nnz,
+                                         None, None))
     slow = count_ops(ir, spikes)
     assert slow.to_dict() == fast.to_dict()
     for node, work in fast.neuron_work.items():
@@ -162,6 +163,12 @@ def test_fan_out_is_cached_per_array_and_forgotten_with_it():
     key = id(W)
     del W
     assert key not in weight_stats._CACHE                        # never keeps weights alive
+    # a folded linear that keeps only its factors: its matrix is built once, then cached
+    params = {"source_weight": halves[:2], "source_cols": np.array([[1.0, 0.0, 2.0]] * 2)}
+    folded = weight_stats.linear_fan_out(params)
+    assert weight_stats.linear_fan_out(params) is folded
+    np.testing.assert_array_equal(folded.patterns[folded.row_pattern],
+                                  linear_weight(params) != 0)
 
 
 # ---- host-op formulas: independent count of the interpreter's numpy calls -----------------------

@@ -16,7 +16,7 @@ from ..folded import is_factored, linear_shape, linear_weight
 from ..ir import HOST, IR, Port
 from ..naming import layer_of, layer_rank
 from .op_costs import PLUMBING, op_cost
-from .weight_stats import fan_out
+from .weight_stats import linear_fan_out
 
 
 def _width(ir: IR, node: str, input_port: int = 0) -> int:
@@ -206,13 +206,13 @@ class CountRun:
 
     def linear(self, n: str, d: dict[str, Any], layer: str) -> None:
         (src,) = self.ir.inputs(n)
-        W = linear_weight(d["params"])
+        shape = linear_shape(d["params"])
         if d["op"] == "Linear":                    # graded input from the host: needs values
             x = None if self.graded is None else self.graded.get(n)
             if x is None:
                 return self.skip(n, "graded synaptic ops need the float input values: pass "
                                     "graded_inputs (a value trace of the numpy Executor)")
-            x = np.asarray(x).reshape(-1, W.shape[1])
+            x = np.asarray(x).reshape(-1, shape[1])
             if x.shape[0] != self.T:
                 raise DataError(f"graded inputs of '{n}' cover {x.shape[0]} tokens, the spikes "
                                 f"{self.T}")
@@ -225,8 +225,8 @@ class CountRun:
         else:
             return self.skip(n, "its input is not a recorded population or a SpikeSum of them")
         active_in, per_in, per_token = self.input_events(src)
-        fan = fan_out(W)
-        width = W.shape[0]
+        fan = linear_fan_out(d["params"])
+        width = shape[0]
         if fan.dense:      # every event reaches every output: no pass over the matrix
             syn = per_token * width
             token_hit = per_token > 0
@@ -247,7 +247,7 @@ class CountRun:
             def hit() -> np.ndarray:
                 return pattern_hit[:, fan.row_pattern]
         else:
-            nz = W != 0
+            nz = linear_weight(d["params"]) != 0
             syn = active_in.astype(np.int64) @ fan.column_nnz
             reached = _reached(active_in, nz)
             hit_per_out = reached.sum(axis=0)
@@ -256,7 +256,7 @@ class CountRun:
             def hit() -> np.ndarray:
                 return reached
         entry = {"module": d["module"], "layer": layer, "input": kind, "source": src.node,
-                 "weight_shape": list(W.shape), "weight_nnz": fan.nnz,
+                 "weight_shape": list(shape), "weight_nnz": fan.nnz,
                  "events": int(per_in.sum()), "synaptic_ops": int(syn.sum()),
                  "payload_bits": bits, "readout_active": 0, "readout_idle": 0}
         self.mapping["synapses"] += fan.nnz

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+
+from ..folded import is_factored, linear_weight
 
 MAX_PATTERNS = 8   # more distinct rows than this: count with the whole matrix
 
@@ -47,13 +50,26 @@ _CACHE: dict[int, tuple[weakref.ref, FanOut]] = {}
 
 def fan_out(weight: np.ndarray) -> FanOut:
     """The ``FanOut`` of ``weight`` (an ndarray), from the cache when this array was seen."""
-    key = id(weight)
+    return _cached(weight, lambda: _fan_out(weight))
+
+
+def linear_fan_out(params: dict) -> FanOut:
+    """The ``FanOut`` of a linear's matrix (``folded.linear_weight``). A folded SpikeLinear that
+    keeps only its factors is keyed by its column factors (an array of its own), so its matrix
+    is built once per process, not at every count."""
+    if is_factored(params):
+        return _cached(params["source_cols"], lambda: _fan_out(linear_weight(params)))
+    return fan_out(params["weight"])
+
+
+def _cached(key_array: np.ndarray, compute: Callable[[], FanOut]) -> FanOut:
+    key = id(key_array)
     hit = _CACHE.get(key)
-    if hit is not None and hit[0]() is weight:
+    if hit is not None and hit[0]() is key_array:
         return hit[1]
-    stats = _fan_out(weight)
+    stats = compute()
     try:
-        ref = weakref.ref(weight, lambda _, k=key: _forget(k))
+        ref = weakref.ref(key_array, lambda _, k=key: _forget(k))
     except TypeError:          # not weak-referenceable (a view of a foreign buffer): no cache
         return stats
     _CACHE[key] = (ref, stats)
