@@ -11,8 +11,8 @@ Layout (format ``spikegpt-deploy-bundle``, version 2):
     target.toml       the hardware profile the bundle was converted for (its sha256 is the
                       manifest's target.profile_sha256), so the bundle needs no outside file
 The simulator and the profiler build from ir.json / ir_params.npz. The interop files repeat the
-weights in other formats, so ``export_bundle`` (``spikegpt-deploy export``) writes them on
-demand: host.onnx (the host partition as ONNX), spiking.nir (the spiking partition as NIR),
+weights in other formats, so ``export_bundle`` (``spikegpt-deploy export``, in ``bundle_export``)
+writes them on demand: host.onnx (the host partition as ONNX), spiking.nir (the spiking partition as NIR),
 chip.<layer>.net (the chip layers lava-dl netx expresses, one HDF5 file each).
 Version 1 bundles (int32 mantissas next to float copies, interop files inside) are refused with
 a message to re-run convert.
@@ -34,6 +34,8 @@ from typing import Any, Callable, Iterator
 
 from hw_profiles import HardwareProfile, load_profile
 
+# the interop emitters and export (EMITTERS is looked up here when a bundle is written)
+from .bundle_export import EMITTERS, EXPORT_FORMATS, export_bundle  # noqa: F401
 from .convert import ConvertContext, ConvertOptions
 from .data import Tokenizer, tokenizer_from_dict
 from .errors import BundleError, ConversionError, DeployError, ProfileError
@@ -55,50 +57,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 24), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _emit_host_onnx(ir: IR, directory: Path) -> dict[str, Any]:
-    from converters.host_onnx import host_partition_to_onnx
-    info = host_partition_to_onnx(ir, directory / "host.onnx")
-    return {"file": "host.onnx", "info": _relative(_jsonable(info), "host.onnx")}
-
-
-def _emit_nir(ir: IR, directory: Path) -> dict[str, Any]:
-    from converters.nir_export import chip_partition_to_nir
-    info = chip_partition_to_nir(ir, directory / "spiking.nir")
-    return {"file": "spiking.nir", "info": _relative(_jsonable(info), "spiking.nir")}
-
-
-def _emit_netx(ir: IR, directory: Path) -> dict[str, Any]:
-    # netx networks are single feed-forward chains, so each expressible layer gets its own
-    # chip.<layer>.net file (see converters/netx_export.py).
-    from converters.netx_export import chip_partition_to_netx
-    info = chip_partition_to_netx(ir, directory / "chip.net")
-    return {"files": [Path(f).name for f in info.files], "info": _jsonable(info)}
-
-
-# name -> emitter; each writes its file(s) into a directory and describes them
-EMITTERS: list[tuple[str, Callable[[IR, Path], dict[str, Any]]]] = [
-    ("host_onnx", _emit_host_onnx),
-    ("nir", _emit_nir),
-    ("netx", _emit_netx),
-]
-EXPORT_FORMATS = {"onnx": "host_onnx", "nir": "nir", "netx": "netx"}  # export --format -> emitter
-
-
-def _relative(info: Any, name: str) -> Any:
-    """An emitter's ``path`` points into the temporary directory, which is renamed: record the
-    file's name inside the bundle instead."""
-    if isinstance(info, dict) and "path" in info:
-        info["path"] = name
-    return info
-
-
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-        obj = asdict(obj)
-    return json.loads(json.dumps(obj, default=str))
 
 
 def refuse_existing(out: Path, force: bool) -> None:
@@ -395,43 +353,3 @@ def load_bundle(path: str | Path) -> Bundle:
         except DeployError as exc:
             raise BundleError(str(exc)) from None
     return Bundle(root, manifest, ir, tok)
-
-
-def export_bundle(path: str | Path, fmt: str, out: str | Path | None = None,
-                  force: bool = False) -> tuple[Path, dict[str, Any]]:
-    """Write one interop format of a bundle: ``onnx`` (host.onnx), ``nir`` (spiking.nir) or
-    ``netx`` (a directory of chip.<layer>.net files). Default output: next to the bundle,
-    ``<bundle>.host.onnx``, ``<bundle>.spiking.nir`` or ``<bundle>.netx``. Written to a
-    temporary name first; nothing is left half-written."""
-    if fmt not in EXPORT_FORMATS:
-        raise BundleError(f"--format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
-    root = Path(path)
-    bundle = load_bundle(root)
-    default = {"onnx": "host.onnx", "nir": "spiking.nir", "netx": "netx"}[fmt]
-    target = Path(out) if out else root.with_name(f"{root.name}.{default}")
-    refuse_existing(target, force)
-    emit = dict(EMITTERS)[EXPORT_FORMATS[fmt]]
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            try:
-                info = emit(bundle.ir, tmp)
-            except DeployError as exc:
-                raise BundleError(f"exporting {root} as {fmt} failed: {exc}") from None
-            if fmt == "netx":
-                _swap_in(tmp, target, force)
-            else:
-                produced = tmp / info["file"]
-                if target.is_dir():
-                    raise BundleError(f"{target} is a directory; -o names the {fmt} file")
-                os.replace(produced, target)
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    except OSError as exc:
-        raise BundleError(f"cannot write {target} ({exc}); choose another -o") from None
-    if fmt != "netx" and isinstance(info.get("info"), dict) and "path" in info["info"]:
-        info["info"]["path"] = str(target)
-    return target, info

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ir", "ops", "fixed_point", "fixed_weights", "folded", "bits", "data", "inputs", "outputs", "model"),
     ("interpreter", "ir_io", "resources", "placement", "sampling", "checkpoint", "evaluation"),
     ("partition", "passes", "training", "model_files"),
-    ("convert", "bundle", "bundle_evaluation", "distributed"),
+    ("convert", "bundle", "bundle_export", "bundle_evaluation", "distributed"),
     ("simulation.backend", "simulation.schedule", "simulation.chip_params", "simulation.program"),
     ("simulation.stage", "simulation.chip", "simulation.plan", "simulation.host"),
     ("simulation.lava",),
