@@ -101,5 +101,9 @@ def test_quantize_folded_equals_quantizing_the_folded_matrix(bits: int, rounding
     assert np.array_equal(got.scale, want.scale)
     assert (got.max_abs_error, got.rms_error) == pytest.approx(
         (want.max_abs_error, want.rms_error), rel=1e-12)
-    with pytest.raises(ConversionError, match="overflows float32"):
+    with pytest.raises(ConversionError, match="not finite"):
         quantize_folded(np.full((3, 4), 3e38, np.float32), np.full((1, 4), 10.0), 8)
+    bad = source.copy()
+    bad[5, 3] = np.nan
+    with pytest.raises(ConversionError, match="not finite"):
+        quantize_folded(bad, cols, 8)

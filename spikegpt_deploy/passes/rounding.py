@@ -305,8 +305,7 @@ def quantize_folded(source: np.ndarray, cols: np.ndarray, bits: int,
     folded rows are made, scaled and rounded chunk by chunk while they are in cache, and the
     folded matrix is never built; otherwise it is built for ``quantize_channels``."""
     if (rounding_for(rounding, bits) != "nearest" or gram is not None
-            or int(bits) < CLIP_SEARCH_BELOW_BITS or not source.size
-            or not _finite(np.asarray(cols)) or not _finite(source)):
+            or int(bits) < CLIP_SEARCH_BELOW_BITS or not source.size):
         return quantize_channels(fold_weight(source, cols), bits, gram, rounding, factor)
     qmax = _qmax(bits)
     out, width = source.shape
@@ -321,12 +320,13 @@ def quantize_folded(source: np.ndarray, cols: np.ndarray, bits: int,
         for i in range(0, out, step):
             src = source[i:i + step]
             r = rows32[:len(src)]
-            with np.errstate(over="ignore"):  # an overflow is reported just below
+            with np.errstate(over="ignore", invalid="ignore"):  # reported just below
                 np.multiply(src, col, out=r, casting="unsafe")  # fold_weight's rows, exactly
-            amax = np.max(np.abs(r), axis=1).astype(np.float64)
+            amax = np.max(np.abs(r), axis=1).astype(np.float64)  # NaN where a row has one
             if not np.all(np.isfinite(amax)):
                 raise ConversionError(f"quantize_folded: the folded matrix ({len(cols) * out}, "
-                                      f"{width}) overflows float32 in rows {i}..{i + len(src)}")
+                                      f"{width}) is not finite (NaN, or beyond float32) in rows "
+                                      f"{h * out + i}..{h * out + i + len(src)}")
             o = h * out + i
             scale[o:o + len(src)] = np.where(amax > 0, amax / qmax, 1.0)
             # scale = max |row| / qmax: no |row / scale| exceeds qmax, nothing to clip
