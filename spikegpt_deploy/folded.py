@@ -35,12 +35,18 @@ def fold_weight(source: np.ndarray, cols: np.ndarray) -> np.ndarray:
         h, (start, stop) = job
         for i in range(start, stop, step):
             rows = source[i:min(stop, i + step)]
-            np.multiply(rows, cols[h], out=res[h * out + i:h * out + i + rows.shape[0]],
-                        casting="unsafe")
+            fold_rows(rows, cols[h], res[h * out + i:h * out + i + rows.shape[0]])
 
     thread_map(block, [(h, b) for h in range(len(cols)) for b in row_blocks(out)],
                values=res.size)
     return res
+
+
+def fold_rows(rows: np.ndarray, col: np.ndarray, out: np.ndarray) -> None:
+    """Rows of one half of a folded matrix into ``out`` (float32): each the float64 product of
+    the model's weight and the column factor, rounded to float32. Everything that makes folded
+    rows goes through here, so that they are the same bits wherever they are made."""
+    np.multiply(rows, col, out=out, casting="unsafe")
 
 
 def is_factored(params: dict) -> bool:
@@ -56,10 +62,14 @@ def linear_weight(params: dict) -> np.ndarray:
     return params["weight"]
 
 
+def has_linear_weight(params: dict) -> bool:
+    """A linear's float matrix is stored or can be built (``linear_weight``)."""
+    return "weight" in params or is_factored(params)
+
+
 def linear_shape(params: dict) -> tuple[int, int]:
     """The shape of ``linear_weight(params)``, without building it."""
     if is_factored(params):
         src = params["source_weight"]
         return len(params["source_cols"]) * src.shape[0], src.shape[1]
     return tuple(params["weight"].shape)
-

@@ -25,7 +25,7 @@ from hw_profiles import HardwareProfile
 
 from . import ops
 from .errors import ConversionError
-from .folded import is_factored, linear_shape
+from .folded import has_linear_weight, linear_shape
 from .interpreter import annotate_shapes
 from .ir import HOST, IR, annotate_value_classes
 
@@ -203,7 +203,7 @@ def chip_weight_report(ir: IR, model_parameters: int | None = None) -> dict[str,
         params = d["params"]
         if "weight_q" in params:
             shape = params["weight_q"].shape
-        elif "weight" in params or is_factored(params):
+        elif has_linear_weight(params):
             shape = linear_shape(params)
         else:
             continue

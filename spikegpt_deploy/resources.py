@@ -18,7 +18,7 @@ import numpy as np
 from hw_profiles import HardwareProfile
 
 from .errors import ConversionError
-from .folded import is_factored, linear_weight
+from .folded import has_linear_weight, linear_weight
 from .ir import HOST, IR
 
 
@@ -40,7 +40,7 @@ def _weight_of(data: dict) -> np.ndarray | None:
     params = data["params"]
     if "weight_q" in params:
         return params["weight_q"]
-    if "weight" in params or is_factored(params):
+    if has_linear_weight(params):
         return linear_weight(params)
     return None
 

@@ -45,9 +45,10 @@ def graded_input(x: np.ndarray, input_step: float, graded_bits: int) -> np.ndarr
 
 class IntegerWeights:
     """Float32 copies (transposed) and largest |row| sums of integer weight matrices, made once
-    per matrix: what ``integer_matmul`` needs on every token. ``keep=False``: nothing is kept
-    (a run over a whole sequence uses each matrix once, so a copy of every matrix would only
-    add to the peak memory)."""
+    per matrix: what ``integer_matmul`` needs on every token. ``keep=False``: nothing is kept,
+    and ``integer_matmul`` goes through each matrix in row blocks instead (a run over a whole
+    sequence uses each matrix once, so a copy of every matrix would only add to the peak
+    memory)."""
 
     def __init__(self, keep: bool = True) -> None:
         self.keep = keep
@@ -61,8 +62,7 @@ class IntegerWeights:
             row_sum = max((float(np.abs(w[i:i + step].astype(np.int64)).sum(axis=1).max())
                            for i in range(0, len(w), step)), default=0.0) if w.size else 0.0
             hit = (w, np.ascontiguousarray(w.T, dtype=np.float32), row_sum)
-            if self.keep:
-                self._by_id[id(w)] = hit
+            self._by_id[id(w)] = hit
         return hit[1], hit[2]
 
 

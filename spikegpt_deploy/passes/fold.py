@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..folded import fold_weight
-from ..threads import row_blocks, thread_map
 from ..ir import IR, Port
+from ..threads import row_blocks, thread_map
 
 F32 = np.float32
 

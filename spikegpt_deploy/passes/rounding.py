@@ -36,7 +36,7 @@ from scipy.linalg.blas import dger as _ger
 from threadpoolctl import threadpool_limits
 
 from ..errors import ConversionError
-from ..folded import fold_weight
+from ..folded import fold_rows, fold_weight
 
 CLIP_RATIOS = np.linspace(1.0, 0.5, 11)   # grid of the per-row clipping search (below 8 bits)
 CLIP_SEARCH_BELOW_BITS = 8                # see the module docstring
@@ -93,6 +93,11 @@ def _clip(x: np.ndarray, qmax: int) -> None:
     torch.from_numpy(x).clamp_(-qmax, qmax)
 
 
+def _unclipped_scale(amax: np.ndarray, qmax: int) -> np.ndarray:
+    """Per-row scale max |w| / qmax (1 for an all-zero row): no weight is clipped."""
+    return np.where(amax > 0, amax / qmax, 1.0)
+
+
 def channel_scales(W: np.ndarray, bits: int) -> np.ndarray:
     """Per-row scale minimising the row's squared round-to-nearest error over CLIP_RATIOS (below
     8 bits; at 8, max |w| / qmax: see the module docstring).
@@ -109,7 +114,7 @@ def channel_scales(W: np.ndarray, bits: int) -> np.ndarray:
         step = max(1, _CHUNK_VALUES // max(1, W.shape[1]))
         for i in range(0, rows, step):
             amax = np.max(np.abs(W[i:i + step]), axis=1).astype(np.float64)
-            scale[i:i + step] = np.where(amax > 0, amax / qmax, 1.0)
+            scale[i:i + step] = _unclipped_scale(amax, qmax)
         return scale
     step = max(1, _CHUNK_VALUES // max(1, W.shape[1]))
     u = np.empty((min(step, rows), W.shape[1]))
@@ -120,7 +125,7 @@ def channel_scales(W: np.ndarray, bits: int) -> np.ndarray:
         np.copyto(uc, W[i:i + n])
         amax = np.max(np.abs(uc, out=tc), axis=1)
         pos = amax > 0
-        sc = np.where(pos, amax / qmax, 1.0)
+        sc = _unclipped_scale(amax, qmax)
         uc *= (1.0 / sc)[:, None]  # W / s at ratio 1; each ratio divides it by one number
         best = np.full(n, np.inf)
         for ratio in CLIP_RATIOS:
@@ -321,14 +326,14 @@ def quantize_folded(source: np.ndarray, cols: np.ndarray, bits: int,
             src = source[i:i + step]
             r = rows32[:len(src)]
             with np.errstate(over="ignore", invalid="ignore"):  # reported just below
-                np.multiply(src, col, out=r, casting="unsafe")  # fold_weight's rows, exactly
+                fold_rows(src, col, r)  # fold_weight's rows, exactly
             amax = np.max(np.abs(r), axis=1).astype(np.float64)  # NaN where a row has one
             if not np.all(np.isfinite(amax)):
                 raise ConversionError(f"quantize_folded: the folded matrix ({len(cols) * out}, "
                                       f"{width}) is not finite (NaN, or beyond float32) in rows "
                                       f"{h * out + i}..{h * out + i + len(src)}")
             o = h * out + i
-            scale[o:o + len(src)] = np.where(amax > 0, amax / qmax, 1.0)
+            scale[o:o + len(src)] = _unclipped_scale(amax, qmax)
             # scale = max |row| / qmax: no |row / scale| exceeds qmax, nothing to clip
             m, e = _nearest_chunk(r, scale[o:o + len(src)], qmax, bufs,
                                   mantissa[o:o + len(src)], clip=False)

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import ConversionError, DataError
-from ..folded import is_factored, linear_shape, linear_weight
+from ..folded import has_linear_weight, linear_shape, linear_weight
 from ..ir import HOST, IR, Port
 from ..naming import layer_of, layer_rank
 from .op_costs import PLUMBING, op_cost
@@ -302,8 +302,7 @@ class CountRun:
             d = self.ir.node(n)
             if n in self.chip:
                 continue
-            shape = linear_shape(d["params"]) if "weight" in d["params"] or is_factored(
-                d["params"]) else (
+            shape = linear_shape(d["params"]) if has_linear_weight(d["params"]) else (
                 (len(d["params"]["w_one"]),) if "w_one" in d["params"] else None)
             width = _width(self.ir, n) if self.ir.inputs(n) else 1
             cost = op_cost(d["op"], width, shape, d["attrs"])
